@@ -1,0 +1,129 @@
+"""`chatsrv serve` and `chatsrv connect`: the command line, via Typer.
+
+Every serve option is also read from `CHATSRV_<OPTION>` (Typer's envvar), and
+all of them land in one frozen `Config`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import Config, ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="chatsrv: a scalable line-protocol chat server.",
+)
+
+
+def _env(name: str) -> str:
+    return "CHATSRV_" + name.upper()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", envvar=_env("host"), help="Address to listen on."),
+    port: int = typer.Option(50000, envvar=_env("port"), help="TCP port for clients (0 = any)."),
+    http_host: str = typer.Option(
+        "127.0.0.1", envvar=_env("http_host"), help="Address of the metrics/admin HTTP port."
+    ),
+    http_port: int = typer.Option(
+        9150, envvar=_env("http_port"), help="Metrics/admin HTTP port (0 = off)."
+    ),
+    data_dir: Path = typer.Option(
+        Path("./chatsrv-data"), envvar=_env("data_dir"), help="Directory for durable data."
+    ),
+    max_clients: int = typer.Option(
+        10000, envvar=_env("max_clients"),
+        help="Most connections at once, those still at the prompt included.",
+    ),
+    max_line: int = typer.Option(
+        4096, envvar=_env("max_line"), help="Longest client line in bytes, LF included."
+    ),
+    sendq: int = typer.Option(
+        1 << 20, envvar=_env("sendq"),
+        help="Bytes a session may have queued before it is cut off (reason sendq).",
+    ),
+    login_timeout: float = typer.Option(
+        30.0, envvar=_env("login_timeout"), help="Seconds to send a valid username."
+    ),
+    rate_limit: float = typer.Option(
+        100.0, envvar=_env("rate_limit"),
+        help="Lines per second per session, burst twice that; excess is delayed (0 = off).",
+    ),
+    history: int = typer.Option(
+        1000, envvar=_env("history"), help="Public messages kept per group (0 = off)."
+    ),
+    notice_limit: int = typer.Option(
+        1000, envvar=_env("notice_limit"),
+        help="No join/leave notices in groups with more members than this (0 = always).",
+    ),
+    admin_token: Optional[str] = typer.Option(  # noqa: UP007 - Typer needs Optional
+        None, envvar=_env("admin_token"), help="Bearer token for the admin API."
+    ),
+    redis: Optional[str] = typer.Option(  # noqa: UP007
+        None, envvar=_env("redis"), help="redis://HOST:PORT/DB for cluster mode."
+    ),
+    tls_cert: Optional[Path] = typer.Option(  # noqa: UP007
+        None, envvar=_env("tls_cert"), help="PEM certificate: serve the protocol over TLS."
+    ),
+    tls_key: Optional[Path] = typer.Option(  # noqa: UP007
+        None, envvar=_env("tls_key"), help="PEM private key for --tls-cert."
+    ),
+    shutdown_grace: float = typer.Option(
+        5.0, envvar=_env("shutdown_grace"),
+        help="Seconds to flush queued lines at shutdown, exit, kick or login timeout.",
+    ),
+    log_level: str = typer.Option(
+        "info", envvar=_env("log_level"), help="debug, info, warning or error."
+    ),
+    log_format: str = typer.Option("text", envvar=_env("log_format"), help="text or json."),
+) -> None:
+    """Run the chat server until SIGTERM or SIGINT."""
+    options = dict(locals())
+    try:
+        config = Config(**options)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if config.redis:
+        typer.echo("error: --redis (cluster mode) is not available in this version", err=True)
+        raise typer.Exit(2)
+    from .logs import setup_logging
+    from .server import serve as run_server
+
+    setup_logging(config.log_level, config.log_format)
+    try:
+        code = run_server(config)
+    except (OSError, ValueError) as err:
+        typer.echo(f"error: cannot start: {err}", err=True)
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def connect(
+    host: str = typer.Argument("127.0.0.1", help="Server address."),
+    port: int = typer.Argument(50000, help="Server port."),
+    tls: bool = typer.Option(False, "--tls", help="Connect over TLS."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="With --tls: do not verify the certificate (self-signed)."
+    ),
+) -> None:
+    """Chat from the terminal; with stdin not a terminal, run it as a script."""
+    from .client import run
+
+    raise typer.Exit(run(host, port, tls=tls, insecure=insecure))
+
+
+def main() -> None:
+    app(prog_name="chatsrv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

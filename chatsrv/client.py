@@ -1,0 +1,464 @@
+"""Terminal client for chatsrv (`chatsrv connect`).
+
+Design
+------
+Everything network-related runs on one asyncio event loop with an asyncio stream, so the
+reading and writing halves of a (possibly TLS) connection are never driven from two
+threads at once. No gevent here: the client is plain stdlib asyncio plus prompt_toolkit.
+
+A `Connection` owns the stream. Its `pump` task reads server lines until the server
+closes, hands each line to an output function, and records what the protocol tells us:
+how many `enter a username:` prompts came, whether `connected! ` was seen (and after how
+many prompts), the `ok: pong` count, and whether `ok: bye` arrived.
+
+Interactive mode (stdin is a TTY)
+    prompt_toolkit's `prompt_async` edits the input line while `patch_stdout` makes the
+    pump's prints appear above it, so incoming lines never garble what is being typed.
+    Each prompt races the pump: when the server closes, the prompt is cancelled.
+    `exit`, Ctrl-D and Ctrl-C all end the session the same way: once logged in, `exit`
+    is sent and the client waits (at most BYE_TIMEOUT) for `ok: bye` and the close.
+    At the username prompt they just close the connection: sending `exit` there would
+    log in a user called "exit", which nobody typing it means.
+
+Script mode (stdin is not a TTY)
+    Stdin is read in bytes by a daemon thread and each line is sent exactly as read (a
+    last line without LF gets one, since the server would drop it). Every server line is
+    written to stdout as received and flushed. After stdin's EOF the client drains
+    deterministically instead of guessing with a quiet period:
+      1. It waits until it knows whether the lines it sent were usernames or commands.
+         The server answers every line at the username prompt with either
+         `connected! ` or a new prompt, so after n lines either `connected! ` was seen
+         or n + 1 prompts were. (If no line at all arrives for LOGIN_REPLY_TIMEOUT
+         seconds meanwhile, the server is not speaking the protocol; exit 1.)
+      2. Not logged in: nothing is pending; close.
+         A command `exit` was sent after login: wait for the server to close.
+         Otherwise: send one `ping` and wait for its `ok: pong` (counting the pings the
+         script itself sent), which the server sends after every earlier reply; that
+         last `ok: pong` is not printed. There is deliberately no time limit on this
+         wait: with the server's rate limit a long script can legitimately be silent
+         for a while, and a dead server closes the connection anyway.
+
+Exit codes
+    0  a normal end: the server said `ok: bye` and closed; the user quit (`exit`,
+       Ctrl-D or Ctrl-C at the prompt); or, in script mode, stdin ended and every reply
+       was drained (logged in or not) before the client closed the connection itself.
+    1  connect failed (one line on stderr: `error: cannot connect to HOST:PORT: ...`);
+       the server closed the connection without `ok: bye`, in either mode and even
+       after stdin's EOF, since replies may then be missing (stderr says
+       `connection closed by server`, plus the last `error: `/`* ` line that explains
+       it, e.g. `* server shutting down`); the server did not answer the login lines;
+       or stdout was closed under a script (e.g. piped into `head`).
+    130 Ctrl-C (SIGINT) outside the prompt, e.g. while a script is running.
+    No traceback is ever printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50000
+CONNECT_TIMEOUT = 10.0  # seconds for TCP connect plus TLS handshake
+BYE_TIMEOUT = 5.0  # how long a quitting client waits for `ok: bye` and the close
+LOGIN_REPLY_TIMEOUT = 10.0  # silence that means the server will not answer login lines
+READ_LIMIT = 1 << 20  # far above any line the server sends; guards against a runaway one
+STDIN_CHUNK = 1 << 16
+
+PROMPT = b"enter a username:"
+WELCOME = b"connected! "
+BYE = b"ok: bye"
+PONG = b"ok: pong"
+# Join/leave notices are not reasons for a close, so they are never quoted as one.
+_MEMBERSHIP_NOTICE = re.compile(rb"^\* \S+ (joined|left) the group \S+$")
+
+Emit = Callable[[bytes], None]
+
+
+class Connection:
+    """A server connection plus what the client learned from the lines it has read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.prompts = 0  # `enter a username:` lines seen
+        self.prompts_at_login: int | None = None  # prompts seen when `connected! ` came
+        self.name = ""
+        self.pongs = 0
+        self.saw_bye = False
+        self.closed = False
+        self.last_line = b""
+        self.stdout_gone = False  # script output pipe closed: stop quietly, exit 1
+        self._changed = asyncio.Condition()
+
+    @property
+    def logged_in(self) -> bool:
+        return self.prompts_at_login is not None
+
+    async def pump(self, emit: Emit) -> None:
+        """Read server lines until the server closes, noting and emitting each one."""
+        try:
+            while True:
+                try:
+                    line = await self.reader.readline()
+                except (OSError, ValueError):  # reset, TLS error, or a line over READ_LIMIT
+                    break
+                if not line:
+                    break
+                # Lines end with LF; a last fragment before the close is shown anyway,
+                # since it can only help explain the close.
+                line = line.rstrip(b"\n").removesuffix(b"\r")
+                self._note(line)
+                emit(line)
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            self.closed = True
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _note(self, line: bytes) -> None:
+        self.last_line = line
+        if line == PROMPT:
+            self.prompts += 1
+        elif line.startswith(WELCOME) and not self.logged_in:
+            self.prompts_at_login = self.prompts
+            self.name = line.rpartition(b" ")[2].decode("utf-8", "replace")
+        elif line == PONG:
+            self.pongs += 1
+        elif line == BYE:
+            self.saw_bye = True
+
+    async def wait_until(self, done: Callable[[], bool], idle: float | None = None) -> bool:
+        """Wait until done() holds. False if the server closed first, or if idle seconds
+        passed without a line (when idle is given)."""
+        async with self._changed:
+            while not done():
+                if self.closed:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), idle)
+                except asyncio.TimeoutError:
+                    return False
+            return True
+
+    async def send(self, data: bytes) -> bool:
+        """Send raw bytes; False if the connection is gone (the pump reports why)."""
+        if self.closed:
+            return False
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (OSError, RuntimeError):  # RuntimeError: transport already closing
+            return False
+        return True
+
+    def close_reason(self) -> str:
+        """The stderr line for a close the client did not ask for."""
+        last = self.last_line
+        if last.startswith(b"error: ") or (
+            last.startswith(b"* ") and not _MEMBERSHIP_NOTICE.match(last)
+        ):
+            return "connection closed by server: " + last.decode("utf-8", "replace")
+        return "connection closed by server"
+
+    def ended_code(self) -> int:
+        """Exit code once the server has closed: 0 after `ok: bye`, else 1 and why."""
+        if self.saw_bye:
+            return 0
+        if not self.stdout_gone:
+            print(self.close_reason(), file=sys.stderr, flush=True)
+        return 1
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass  # closing anyway; a failed TLS goodbye changes nothing for the user
+
+
+# --- connecting -----------------------------------------------------------------
+
+
+def _tls_context(insecure: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if insecure:  # self-signed test servers: encrypt, but trust any certificate
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def _connect(host: str, port: int, tls: bool, insecure: bool) -> Connection:
+    ctx = _tls_context(insecure) if tls else None
+    opening = asyncio.open_connection(host, port, ssl=ctx, limit=READ_LIMIT)
+    reader, writer = await asyncio.wait_for(opening, CONNECT_TIMEOUT)
+    return Connection(reader, writer)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a failed connect (never a traceback)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio's own text is "Connect call failed ('127.0.0.1', 1)"; the errno says why.
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+# --- script mode ----------------------------------------------------------------
+
+
+class _SentLog:
+    """Which sent lines could be `exit` or `ping` commands, by position, so that once
+    the login line is known we know what the server will still answer."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.exits: list[int] = []
+        self.pings: list[int] = []
+
+    def add(self, line: bytes) -> None:
+        word = _command_word(line)
+        if word == "exit":
+            self.exits.append(self.count)
+        elif word == "ping":
+            self.pings.append(self.count)
+        self.count += 1
+
+    def exit_after(self, first_command: int) -> bool:
+        return any(i >= first_command for i in self.exits)
+
+    def pings_after(self, first_command: int) -> int:
+        return sum(1 for i in self.pings if i >= first_command)
+
+
+def _command_word(line: bytes) -> str | None:
+    """The line as a lone command word the way the server reads it, else None."""
+    try:
+        text = line.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.strip(" \t").casefold()
+    return text if text in ("exit", "ping") else None
+
+
+def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    """Daemon thread: feed stdin chunks into queue, then None at EOF.
+
+    os.read on the fd, not sys.stdin.buffer: a thread still blocked inside the buffered
+    reader at interpreter exit makes Python abort ("could not acquire lock")."""
+    while True:
+        try:
+            chunk = os.read(sys.stdin.fileno(), STDIN_CHUNK)
+        except OSError:
+            chunk = b""
+        try:  # a bounded queue, so a huge or endless stdin cannot fill memory
+            asyncio.run_coroutine_threadsafe(queue.put(chunk or None), loop).result()
+        except Exception:  # loop closed or put cancelled: the session is over
+            return
+        if not chunk:
+            return
+
+
+async def _stdin_lines(queue: asyncio.Queue):
+    """Yield stdin lines (with LF) from the chunk queue; a last line gets an LF."""
+    pending = b""
+    while (chunk := await queue.get()) is not None:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending + b"\n"
+
+
+class _ScriptOutput:
+    """Write each server line to stdout as received, except the drain's own `ok: pong`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.hidden_pong = 0  # which `ok: pong` answers the drain ping; 0 = none yet
+
+    def __call__(self, line: bytes) -> None:
+        conn = self.conn
+        if conn.stdout_gone or (line == PONG and conn.pongs == self.hidden_pong):
+            return
+        try:
+            sys.stdout.buffer.write(line + b"\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Nobody reads any more: stop. Point fd 1 at devnull so the interpreter's
+            # final flush does not complain.
+            conn.stdout_gone = True
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            conn.writer.transport.abort()
+
+
+async def _send_stdin(conn: Connection, pump: asyncio.Task, sent: _SentLog) -> bool:
+    """Send stdin lines until EOF (True) or until the server closes first (False)."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=16)
+    loop = asyncio.get_running_loop()
+    threading.Thread(target=_stdin_reader, args=(loop, queue), daemon=True).start()
+    lines = _stdin_lines(queue)
+    while True:
+        step = asyncio.ensure_future(anext(lines))
+        await asyncio.wait({step, pump}, return_when=asyncio.FIRST_COMPLETED)
+        if not step.done():  # the server closed while we waited for input
+            step.cancel()
+            return False
+        try:
+            line = step.result()
+        except StopAsyncIteration:
+            return True
+        if not await conn.send(line):
+            return False
+        sent.add(line)
+
+
+async def _drain(conn: Connection, sent: _SentLog, output: _ScriptOutput) -> int:
+    """After stdin's EOF: wait until every reply is printed (see the module docstring)."""
+    answered = await conn.wait_until(
+        lambda: conn.logged_in or conn.prompts > sent.count, idle=LOGIN_REPLY_TIMEOUT
+    )
+    if conn.closed:
+        return conn.ended_code()
+    if not answered:
+        print("error: no reply from server", file=sys.stderr, flush=True)
+        return 1
+    if not conn.logged_in:
+        return 0  # at the username prompt: nothing is pending
+    first_command = conn.prompts_at_login or 0
+    if sent.exit_after(first_command):
+        await conn.wait_until(lambda: False)  # `ok: bye` and the close are coming
+        return conn.ended_code()
+    output.hidden_pong = sent.pings_after(first_command) + 1
+    if await conn.send(b"ping\n") and await conn.wait_until(
+        lambda: conn.pongs >= output.hidden_pong
+    ):
+        return 0
+    return conn.ended_code()
+
+
+async def _script(conn: Connection) -> int:
+    output = _ScriptOutput(conn)
+    pump = asyncio.create_task(conn.pump(output))
+    sent = _SentLog()
+    if not await _send_stdin(conn, pump, sent):
+        await pump  # print everything up to the close
+        return 1 if conn.stdout_gone else conn.ended_code()
+    code = await _drain(conn, sent, output)
+    return 1 if conn.stdout_gone else code
+
+
+# --- interactive mode -----------------------------------------------------------
+
+
+def _print_line(line: bytes) -> None:
+    # Under patch_stdout this lands above the prompt; prompt_toolkit escapes
+    # terminal control sequences a hostile server might send.
+    print(line.decode("utf-8", "replace"), flush=True)
+
+
+async def _quit(conn: Connection, pump: asyncio.Task) -> int:
+    """The user wants out: say `exit` if logged in and give `ok: bye` a moment."""
+    if conn.logged_in and await conn.send(b"exit\n"):
+        try:
+            await asyncio.wait_for(asyncio.shield(pump), BYE_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass  # the user asked to leave; do not hang on a mute server
+    return 0
+
+
+async def _ask(session, conn: Connection, pump: asyncio.Task) -> str | None:
+    """One input line, or None when the server closed while the user was typing.
+    Raises EOFError (Ctrl-D) or KeyboardInterrupt (Ctrl-C)."""
+    prompt = asyncio.ensure_future(
+        session.prompt_async(lambda: f"{conn.name}> " if conn.logged_in else "> ")
+    )
+    await asyncio.wait({prompt, pump}, return_when=asyncio.FIRST_COMPLETED)
+    if not prompt.done():
+        prompt.cancel()  # lets prompt_toolkit restore the terminal
+        await asyncio.gather(prompt, return_exceptions=True)
+        return None
+    return prompt.result()
+
+
+async def _interactive(conn: Connection) -> int:
+    from prompt_toolkit import PromptSession  # only interactive runs pay for the import
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    session = PromptSession()
+    with patch_stdout():
+        pump = asyncio.create_task(conn.pump(_print_line))
+        while True:
+            try:
+                text = await _ask(session, conn, pump)
+            except (EOFError, KeyboardInterrupt):
+                return await _quit(conn, pump)
+            if text is None:
+                return conn.ended_code()
+            if text.strip(" \t").casefold() == "exit":
+                return await _quit(conn, pump)
+            # Pasted newlines become separate lines, which is what they mean.
+            await conn.send(text.encode("utf-8", "replace") + b"\n")
+
+
+# --- entry points ---------------------------------------------------------------
+
+
+async def _session(host: str, port: int, tls: bool, insecure: bool) -> int:
+    try:
+        conn = await _connect(host, port, tls, insecure)
+    except (OSError, asyncio.TimeoutError, ValueError, OverflowError) as exc:
+        # ValueError/OverflowError: a malformed host name or a port outside 0..65535.
+        print(f"error: cannot connect to {host}:{port}: {_reason(exc)}", file=sys.stderr)
+        return 1
+    try:
+        mode = _interactive if sys.stdin.isatty() else _script
+        return await mode(conn)
+    finally:
+        await conn.close()
+
+
+def run(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, tls: bool = False, insecure: bool = False
+) -> int:
+    """Run the client until the session ends; returns the process exit code."""
+    try:
+        return asyncio.run(_session(host, port, tls, insecure))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the contract is "no traceback ever"; say what broke
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m chatsrv.client [HOST] [PORT] [--tls] [--insecure]`."""
+    parser = argparse.ArgumentParser(prog="chatsrv.client", description="chatsrv client")
+    parser.add_argument("host", nargs="?", default=DEFAULT_HOST)
+    parser.add_argument("port", nargs="?", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument(
+        "--insecure", action="store_true", help="with --tls: do not verify the certificate"
+    )
+    args = parser.parse_args(argv)
+    return run(args.host, args.port, tls=args.tls, insecure=args.insecure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

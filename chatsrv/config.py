@@ -1,0 +1,69 @@
+"""One typed, frozen configuration object, built once by the CLI and passed in.
+
+Every field is a `chatsrv serve` option and a `CHATSRV_<NAME>` environment
+variable (Typer reads both; see cli.py). Validation happens here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the CLI prints it as one line and exits 2."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 50000
+    http_host: str = "127.0.0.1"
+    http_port: int = 9150
+    data_dir: Path = Path("./chatsrv-data")
+    max_clients: int = 10000
+    max_line: int = 4096
+    sendq: int = 1 << 20
+    login_timeout: float = 30.0
+    rate_limit: float = 100.0
+    history: int = 1000
+    notice_limit: int = 1000
+    admin_token: str | None = None
+    redis: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+    shutdown_grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port <= 65535, "--port must be 0..65535"),
+            (0 <= self.http_port <= 65535, "--http-port must be 0..65535"),
+            (self.max_clients >= 1, "--max-clients must be at least 1"),
+            (self.max_line >= 16, "--max-line must be at least 16 bytes"),
+            (self.sendq >= 1024, "--sendq must be at least 1024 bytes"),
+            (self.login_timeout > 0, "--login-timeout must be positive"),
+            (self.rate_limit >= 0, "--rate-limit must be >= 0 (0 = off)"),
+            (self.history >= 0, "--history must be >= 0 (0 = off)"),
+            (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
+            (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
+            (self.log_format in ("text", "json"), "--log-format must be text or json"),
+            (
+                self.log_level.lower() in ("debug", "info", "warning", "error"),
+                "--log-level must be debug, info, warning or error",
+            ),
+            ((self.tls_cert is None) == (self.tls_key is None),
+             "--tls-cert and --tls-key go together"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

@@ -1,0 +1,321 @@
+"""The chat state and one handler per command, with no sockets, clocks or threads.
+
+A handler appends encoded lines to the queues of the users who must receive
+them and records those users in `Hub.dirty`; the transport drains `dirty`
+once per loop turn and moves the bytes. Unit tests read the queues directly.
+
+Hot path (`public`): the delivery line is encoded once and the same bytes
+object is appended to every member's queue through cached bound `append`
+methods; counters are plain integer adds, exported in bulk by `metrics`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import protocol as P
+from .protocol import Command, ProtocolError
+
+GENERAL = "General"
+
+
+class User:
+    """A logged-in session as the hub sees it. `conn` belongs to the transport."""
+
+    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since")
+
+    def __init__(self, name: str, conn: object = None, since: float = 0.0) -> None:
+        self.name = name
+        self.key = P.name_key(name)
+        self.groups: dict[str, Group] = {}
+        self.queue: list[bytes] = []
+        # One bound method for the user's life: groups cache it, and fan-out
+        # skips the sender by identity.
+        self.push = self.queue.append
+        self.conn = conn
+        self.since = since
+
+    def __repr__(self) -> str:
+        return f"User({self.name!r})"
+
+
+class Group:
+    __slots__ = ("name", "key", "members", "created_by", "created_at", "history", "_pushes")
+
+    def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
+        self.name = name
+        self.key = P.name_key(name)
+        self.members: dict[str, User] = {}
+        self.created_by = created_by
+        self.created_at = created_at
+        self.history: deque[tuple[float, str, str]] = deque(maxlen=history)
+        self._pushes: list | None = None
+
+    def add(self, user: User) -> None:
+        self.members[user.key] = user
+        self._pushes = None
+
+    def remove(self, user: User) -> None:
+        del self.members[user.key]
+        self._pushes = None
+
+    def pushes(self) -> list:
+        """Members' queue appenders, rebuilt only after a membership change."""
+        if self._pushes is None:
+            self._pushes = [u.push for u in self.members.values()]
+        return self._pushes
+
+
+@dataclass
+class Stats:
+    """Plain counters; `metrics` exports them at scrape time."""
+
+    messages_public: int = 0
+    messages_private: int = 0
+    deliveries_public: int = 0
+    deliveries_private: int = 0
+    notices: int = 0
+    logins: int = 0
+    commands: dict[str, int] = field(default_factory=dict)
+
+
+class LoginRefused(Exception):
+    """The name cannot be used; the text is the `error: ...` line."""
+
+
+Handler = Callable[["Hub", User, tuple[str, ...]], bool | None]
+
+
+class Hub:
+    """Users, groups and membership; one instance per server process."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        history: int = 1000,
+        notice_limit: int = 1000,
+    ) -> None:
+        self.clock = clock
+        self.history_size = history
+        self.notice_limit = notice_limit
+        self.users: dict[str, User] = {}
+        self.groups: dict[str, Group] = {}
+        self.dirty: set[User] = set()
+        self.stats = Stats()
+        self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
+        self.add_group(GENERAL, created_by="")
+
+    # ------------------------------------------------------------ delivery
+
+    def reply(self, user: User, line: str) -> None:
+        user.push(P.encode(line))
+        self.dirty.add(user)
+
+    def send_line(self, user: User, data: bytes) -> None:
+        user.push(data)
+        self.dirty.add(user)
+
+    def fanout(self, group: Group, data: bytes, skip: User | None) -> int:
+        """Append `data` to every member but `skip`; return the number of receivers."""
+        own = skip.push if skip is not None else None
+        for push in group.pushes():
+            if push is not own:
+                push(data)
+        self.dirty.update(group.members.values())
+        return len(group.members) - (skip is not None and skip.key in group.members)
+
+    def notice(self, group: Group, line: str, skip: User) -> None:
+        """Join/leave notices, suppressed in crowds so arrivals cost O(N), not O(N^2)."""
+        if self.notice_limit and len(group.members) + (skip.key not in group.members) > (
+            self.notice_limit
+        ):
+            return
+        self.stats.notices += self.fanout(group, P.encode(line), skip)
+
+    # ------------------------------------------------------------ groups
+
+    def add_group(self, name: str, created_by: str) -> Group:
+        group = Group(name, created_by, self.clock(), self.history_size)
+        self.groups[group.key] = group
+        return group
+
+    def find_group(self, name: str) -> Group:
+        group = self.groups.get(P.name_key(P.normalize(name)))
+        if group is None:
+            raise ProtocolError(f"error: no such group: {name}")
+        return group
+
+    def member_group(self, user: User, name: str) -> Group:
+        group = self.find_group(name)
+        if group.key not in user.groups:
+            raise ProtocolError(f"error: not a member of {group.name}")
+        return group
+
+    def join_group(self, user: User, group: Group) -> None:
+        group.add(user)
+        user.groups[group.key] = group
+        self.notice(group, P.joined_notice(user.name, group.name), user)
+
+    def leave_group(self, user: User, group: Group) -> None:
+        # Notices go to the remaining members; the crowd size counts the leaver.
+        self.notice(group, P.left_notice(user.name, group.name), user)
+        group.remove(user)
+        del user.groups[group.key]
+
+    # ------------------------------------------------------------ sessions
+
+    def login(self, name: str, conn: object = None) -> User:
+        """Register a user, put it in General; raises LoginRefused."""
+        nfc = P.normalize(name.strip(P.SEPARATORS))
+        problem = P.name_problem(nfc)
+        if problem is not None:
+            raise LoginRefused(f"error: invalid username: {problem}")
+        key = P.name_key(nfc)
+        if key in self.users:
+            raise LoginRefused(f"error: username taken: {nfc}")
+        user = User(nfc, conn, self.clock())
+        self.users[key] = user
+        self.stats.logins += 1
+        self.reply(user, P.welcome(nfc))
+        general = self.groups[P.name_key(GENERAL)]
+        self.join_group(user, general)
+        self.reply(user, P.you_joined(general.name))
+        return user
+
+    def logout(self, user: User, notify: bool = True) -> None:
+        """The user leaves every group (with notices) and the name is free at once."""
+        if self.users.get(user.key) is not user:
+            return
+        for group in list(user.groups.values()):
+            if notify:
+                self.leave_group(user, group)
+            else:
+                group.remove(user)
+        user.groups.clear()
+        del self.users[user.key]
+        self.dirty.discard(user)
+
+    # ------------------------------------------------------------ commands
+
+    def handle(self, user: User, line: str) -> bool:
+        """Run one decoded line from a logged-in user; True means end the session."""
+        try:
+            command = P.parse_line(line)
+        except ProtocolError as err:
+            self._count(line)
+            self.reply(user, str(err))
+            return False
+        if command is None:
+            return False
+        self.stats.commands[command.word] += 1
+        try:
+            return bool(HANDLERS[command.word](self, user, command.args))
+        except ProtocolError as err:
+            self.reply(user, str(err))
+            return False
+
+    def _count(self, line: str) -> None:
+        word = P.split_word(line.lstrip(P.SEPARATORS))[0].lower()
+        key = word if word in self.stats.commands else "unknown"
+        self.stats.commands[key] += 1
+
+    # create <group>
+    def handle_create(self, user: User, args: tuple[str, ...]) -> None:
+        name = P.normalize(args[0])
+        problem = P.name_problem(name)
+        if problem is not None:
+            raise ProtocolError(f"error: invalid group name: {problem}")
+        existing = self.groups.get(P.name_key(name))
+        if existing is not None:
+            raise ProtocolError(f"error: group already exists: {existing.name}")
+        self.add_group(name, created_by=user.name)
+        self.reply(user, f"ok: created group {name}")
+
+    # join <group>
+    def handle_join(self, user: User, args: tuple[str, ...]) -> None:
+        group = self.find_group(args[0])
+        if group.key in user.groups:
+            raise ProtocolError(f"error: already a member of {group.name}")
+        self.reply(user, f"ok: joined group {group.name}")
+        self.join_group(user, group)
+
+    # leave <group>
+    def handle_leave(self, user: User, args: tuple[str, ...]) -> None:
+        group = self.member_group(user, args[0])
+        self.reply(user, f"ok: left group {group.name}")
+        self.leave_group(user, group)
+
+    # groups
+    def handle_groups(self, user: User, args: tuple[str, ...]) -> None:
+        self.reply(user, P.listing("groups", [g.name for g in self.groups.values()]))
+
+    # users
+    def handle_users(self, user: User, args: tuple[str, ...]) -> None:
+        self.reply(user, P.listing("users", [u.name for u in self.users.values()]))
+
+    # public <group> <message>
+    def handle_public(self, user: User, args: tuple[str, ...]) -> None:
+        group = self.member_group(user, args[0])
+        text = args[1]
+        if P.has_control(text):
+            raise ProtocolError("error: control characters are not allowed")
+        data = P.encode(P.public_prefix(group.name, user.name) + text)
+        stats = self.stats
+        stats.messages_public += 1
+        stats.deliveries_public += self.fanout(group, data, user)
+        if self.history_size:
+            group.history.append((self.clock(), user.name, text))
+
+    # private <user> <message>
+    def handle_private(self, user: User, args: tuple[str, ...]) -> None:
+        target = self.users.get(P.name_key(P.normalize(args[0])))
+        if target is None:
+            raise ProtocolError(f"error: no such user: {args[0]}")
+        if P.has_control(args[1]):
+            raise ProtocolError("error: control characters are not allowed")
+        self.send_line(target, P.encode(P.private_prefix(user.name) + args[1]))
+        self.stats.messages_private += 1
+        self.stats.deliveries_private += 1
+
+    # exit
+    def handle_exit(self, user: User, args: tuple[str, ...]) -> bool:
+        self.reply(user, P.BYE)
+        return True
+
+    # history <group> [count]
+    def handle_history(self, user: User, args: tuple[str, ...]) -> None:
+        if not self.history_size:
+            raise ProtocolError("error: history is disabled")
+        group = self.member_group(user, args[0])
+        count = P.parse_count(args[1] if len(args) > 1 else None)
+        entries = list(group.history)[-count:]
+        for at, sender, text in entries:
+            self.reply(user, P.history_line(group.name, at, sender, text))
+        self.reply(user, f"ok: end of history {group.name}")
+
+    # help
+    def handle_help(self, user: User, args: tuple[str, ...]) -> None:
+        self.reply(user, P.HELP)
+
+    # ping
+    def handle_ping(self, user: User, args: tuple[str, ...]) -> None:
+        self.reply(user, P.PONG)
+
+    # ------------------------------------------------------------ administration
+
+    def announce(self, text: str, group_name: str | None = None) -> int:
+        """`* announcement: <text>` to a group's members or to everyone; returns receivers."""
+        if not text or P.has_control(text):
+            raise ProtocolError("error: announcement text must be non-empty, no control characters")
+        data = P.encode(P.announcement(text))
+        if group_name is not None:
+            return self.fanout(self.find_group(group_name), data, None)
+        for user in self.users.values():
+            self.send_line(user, data)
+        return len(self.users)
+
+
+HANDLERS: dict[str, Handler] = {word: getattr(Hub, f"handle_{word}") for word in P.SPECS}

@@ -1,0 +1,230 @@
+"""The wire protocol of PROTOCOL.md v1, with no I/O and no state.
+
+Three jobs live here and nowhere else:
+- names: NFC normalisation, validation and the case-insensitive key;
+- parsing: one decoded line -> a `Command` (or a `ProtocolError` whose text is
+  the exact `error: ...` reply);
+- formatting: every line kind the server sends, as the one place a reply's
+  wording lives.
+
+Like h11, any input either parses or raises `ProtocolError`; nothing else
+escapes `parse_line` (checked by a hypothesis property test).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+
+NAME_MAX = 32
+HISTORY_DEFAULT = 20
+HISTORY_MAX = 200
+SEPARATORS = " \t"
+ZWNJ = "\u200c"
+NAME_PUNCT = frozenset("_.-" + ZWNJ)
+
+# C0 controls except TAB, DEL and the C1 range. LF never reaches here.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_SEP_RUN = re.compile("[ \t]+")
+
+
+class ProtocolError(Exception):
+    """A client mistake; `str(err)` is the full reply line without LF."""
+
+
+# ---------------------------------------------------------------- names
+
+
+def normalize(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def name_key(name: str) -> str:
+    """The comparison key: `Alice`, `alice` and `ALICE` are one user."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
+def name_problem(name: str) -> str | None:
+    """Why an NFC name is not valid, or None when it is."""
+    if not name:
+        return "empty"
+    if len(name) > NAME_MAX:
+        return f"too long (max {NAME_MAX} characters)"
+    first = unicodedata.category(name[0])
+    if not (first.startswith("L") or first == "Nd"):
+        return "must start with a letter or digit"
+    for ch in name[1:]:
+        cat = unicodedata.category(ch)
+        if not (cat[0] in "LM" or cat == "Nd" or ch in NAME_PUNCT):
+            return f"character not allowed: {ch!r}"
+    return None
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What dispatch checks once, before any handler runs (Ergo-style)."""
+
+    synopsis: str
+    min_args: int
+    max_args: int
+    text: bool = False  # last argument is the verbatim rest of the line
+
+
+SPECS: dict[str, Spec] = {
+    "create": Spec("create <group>", 1, 1),
+    "join": Spec("join <group>", 1, 1),
+    "leave": Spec("leave <group>", 1, 1),
+    "groups": Spec("groups", 0, 0),
+    "users": Spec("users", 0, 0),
+    "public": Spec("public <group> <message>", 2, 2, text=True),
+    "private": Spec("private <user> <message>", 2, 2, text=True),
+    "exit": Spec("exit", 0, 0),
+    "history": Spec("history <group> [count]", 1, 2),
+    "help": Spec("help", 0, 0),
+    "ping": Spec("ping", 0, 0),
+}
+COMMAND_WORDS = tuple(SPECS)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    word: str  # lower-cased command word, a key of SPECS
+    args: tuple[str, ...]
+
+
+def split_word(text: str) -> tuple[str, str]:
+    """Split off the first space/tab separated word; `text` has no leading separator."""
+    for i, ch in enumerate(text):
+        if ch == " " or ch == "\t":
+            return text[:i], text[i:].lstrip(SEPARATORS)
+    return text, ""
+
+
+def is_blank(line: str) -> bool:
+    return not line.strip(SEPARATORS)
+
+
+def parse_line(line: str) -> Command | None:
+    """Parse one decoded line (no LF, CR already dropped) after login.
+
+    Returns None for a blank line (ignored, no reply)."""
+    body = line.lstrip(SEPARATORS)
+    if not body.rstrip(SEPARATORS):
+        return None
+    word, rest = split_word(body)
+    key = word.lower()
+    spec = SPECS.get(key)
+    if spec is None:
+        raise ProtocolError(f"error: unknown command: {word}")
+    if spec.text:
+        target, message = split_word(rest)
+        if not target or not message:
+            raise ProtocolError(f"error: usage: {spec.synopsis}")
+        return Command(key, (target, message))
+    rest = rest.rstrip(SEPARATORS)
+    args = tuple(_SEP_RUN.split(rest)) if rest else ()
+    if not spec.min_args <= len(args) <= spec.max_args:
+        raise ProtocolError(f"error: usage: {spec.synopsis}")
+    return Command(key, args)
+
+
+def parse_count(text: str | None) -> int:
+    """A history count: ASCII digits only, 1..200 (`05` is 5)."""
+    if text is None:
+        return HISTORY_DEFAULT
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= HISTORY_MAX:
+        raise ProtocolError(f"error: invalid count: {text}")
+    return int(text)
+
+
+# ---------------------------------------------------------------- framing errors
+
+LINE_TOO_LONG = "error: line too long (max {max} bytes)"
+INVALID_UTF8 = b"error: invalid UTF-8\n"
+
+
+def line_too_long(max_line: int) -> bytes:
+    return (LINE_TOO_LONG.format(max=max_line) + "\n").encode()
+
+
+# ---------------------------------------------------------------- server lines
+# Every function returns the line without its LF; `encode` adds it.
+
+PROMPT = b"enter a username:\n"
+SERVER_FULL = b"error: server full\n"
+LOGIN_TIMEOUT = b"error: login timeout\n"
+SHUTTING_DOWN = b"* server shutting down\n"
+KICKED = b"* disconnected by an administrator\n"
+BYE = "ok: bye"
+PONG = "ok: pong"
+HELP = "ok: commands: " + " ".join(COMMAND_WORDS)
+
+
+def encode(line: str) -> bytes:
+    return (line + "\n").encode()
+
+
+def welcome(user: str) -> str:
+    return f"connected! welcome {user}"
+
+
+def you_joined(group: str) -> str:
+    return f"you joined the group {group}"
+
+
+def joined_notice(user: str, group: str) -> str:
+    return f"* {user} joined the group {group}"
+
+
+def left_notice(user: str, group: str) -> str:
+    return f"* {user} left the group {group}"
+
+
+def public_prefix(group: str, user: str) -> str:
+    return f"[public group {group} from {user}] "
+
+
+def private_prefix(user: str) -> str:
+    return f"[private from {user}] "
+
+
+def history_line(group: str, at: float, user: str, text: str) -> str:
+    return f"[history group {group} at {utc_stamp(at)} from {user}] {text}"
+
+
+def announcement(text: str) -> str:
+    return f"* announcement: {text}"
+
+
+def utc_stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def listing(kind: str, names: list[str]) -> str:
+    """`groups: a b c` / `users: a b c`, sorted case-insensitively."""
+    return f"{kind}: " + " ".join(sorted(names, key=name_key))
+
+
+# Every server line starts with exactly one of these (PROTOCOL.md "Line kinds").
+LINE_KINDS = (
+    "enter a username:",
+    "connected! ",
+    "you joined the group ",
+    "ok: ",
+    "error: ",
+    "groups: ",
+    "users: ",
+    "[public group ",
+    "[private from ",
+    "[history group ",
+    "* ",
+)

@@ -1,0 +1,214 @@
+"""The gevent server: accept, limits, TLS, the per-turn flush, signals, shutdown.
+
+It wires the pure hub to sessions; it holds no chat logic of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import resource
+import signal
+import socket
+import ssl
+import time
+from collections import Counter
+
+import gevent
+from gevent.event import Event
+from gevent.server import StreamServer
+
+from . import protocol as P
+from .config import Config
+from .hub import Hub
+from .ratelimit import RateLimiter
+from .session import Session
+
+log = logging.getLogger("chatsrv.server")
+
+# Sessions ending for these reasons get their last lines flushed (bounded by
+# the grace period); the others have a dead or hopeless socket.
+GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown"})
+
+
+def raise_fd_limit() -> int:
+    """Raise the open-files soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            log.warning("could not raise the open-files limit: %s", err)
+    return soft
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    return ctx
+
+
+class ChatServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit)
+        self.sessions: set[Session] = set()
+        self.graceful = GRACEFUL
+        self.stopping = False
+        self.stopped = Event()
+        self.started_at = time.time()
+        self.connections_total = 0
+        self.rejected: Counter[str] = Counter()
+        self.disconnects: Counter[str] = Counter()
+        self._ids = itertools.count(1)
+        self._flush_pending = False
+        self._loop = gevent.get_hub().loop
+        self._tls = tls_context(config)
+        self._listener: StreamServer | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        listener = StreamServer(
+            (self.config.host, self.config.port), self._handle, backlog=4096
+        )
+        listener.start()
+        self._listener = listener
+        log.info("listening on %s:%d%s", self.config.host, listener.server_port,
+                 " (TLS)" if self._tls else "")
+
+    @property
+    def port(self) -> int:
+        return self._listener.server_port
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        gevent.spawn(self.shutdown)
+
+    def shutdown(self) -> None:
+        """Stop accepting, tell everyone, flush within the grace period, close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._listener is not None:
+            self._listener.close()
+        sessions = list(self.sessions)
+        log.info("shutting down: %d sessions", len(sessions))
+        for session in sessions:
+            session.emit(P.SHUTTING_DOWN)
+        self.flush()
+        for session in sessions:
+            session.abort("shutdown")
+        deadline = time.monotonic() + self.config.shutdown_grace + 1.0
+        while self.sessions and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.stopped.set()
+        log.info("stopped")
+
+    # ------------------------------------------------------------ connections
+
+    def _handle(self, sock, address) -> None:
+        peer = f"{address[0]}:{address[1]}"
+        if self.stopping:
+            sock.close()
+            return
+        if len(self.sessions) >= self.config.max_clients:
+            self.rejected["full"] += 1
+            self._refuse(sock, P.SERVER_FULL)
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            sock = self._tls_handshake(sock, peer)
+            if sock is None:
+                return
+        session = Session(self, sock, peer, next(self._ids))
+        self.sessions.add(session)
+        self.connections_total += 1
+        log.info("connect id=%d peer=%s", session.id, peer)
+        session.run()
+
+    def _refuse(self, sock, line: bytes) -> None:
+        try:
+            sock.sendall(line)
+        except OSError:
+            pass
+        sock.close()
+
+    def _tls_handshake(self, sock, peer: str):
+        try:
+            tls = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            with gevent.Timeout(self.config.login_timeout):
+                tls.do_handshake()
+            return tls
+        except (OSError, gevent.Timeout) as err:
+            log.info("tls handshake failed peer=%s: %s", peer, err)
+            sock.close()
+            return None
+
+    def session_logged_in(self, session: Session) -> None:
+        if self.config.rate_limit:
+            session.limiter = RateLimiter(self.config.rate_limit, time.monotonic)
+        log.info("login id=%d user=%s", session.id, session.user.name)
+
+    def session_closed(self, session: Session, reason: str) -> None:
+        self.sessions.discard(session)
+        self.disconnects[reason] += 1
+        user = session.user.name if session.user is not None else "-"
+        log.info("disconnect id=%d user=%s reason=%s", session.id, user, reason)
+
+    # ------------------------------------------------------------ output
+
+    def schedule_flush(self) -> None:
+        """Flush once at the end of this loop turn, however many lines were queued."""
+        if not self._flush_pending and self.hub.dirty:
+            self._flush_pending = True
+            self._loop.run_callback(self.flush)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        hub = self.hub
+        dirty = hub.dirty
+        if not dirty:
+            return
+        hub.dirty = set()
+        for user in dirty:
+            queue = user.queue
+            if queue:
+                data = b"".join(queue)
+                queue.clear()
+                user.conn.write(data)
+
+    # ------------------------------------------------------------ administration
+
+    def find_session(self, name: str) -> Session | None:
+        user = self.hub.users.get(P.name_key(P.normalize(name)))
+        return user.conn if user is not None else None
+
+    def kick(self, name: str) -> bool:
+        session = self.find_session(name)
+        if session is None:
+            return False
+        session.emit(P.KICKED)
+        self.flush()
+        session.abort("kicked")
+        return True
+
+
+def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; the process exit code."""
+    limit = raise_fd_limit()
+    server = ChatServer(config)
+    server.start()
+    log.info("open-files limit %d: room for about %d clients (max-clients %d)",
+             limit, max(limit - 64, 0), config.max_clients)
+    server.install_signal_handlers()
+    server.stopped.wait()
+    return 0
