@@ -1,0 +1,196 @@
+"""Shared test helpers: a real chatsrv process on an ephemeral port, and a line client.
+
+`make_server(**options)` starts `python -m chatsrv serve --port 0 ...` with the
+options given (underscores become dashes), waits for its `listening on` log
+line, and stops it at the end of the test. `connect(server)` opens a raw TCP
+client; `login(server, name)` also answers the prompt and reads the welcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class RunningServer:
+    def __init__(self, proc: subprocess.Popen, log_path: Path, host: str, port: int) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.host = host
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp_path: Path, **options) -> RunningServer:
+    """Start a server process; options are `chatsrv serve` flags as keywords."""
+    opts = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
+    opts.update(options)
+    args = [sys.executable, "-m", "chatsrv", "serve"]
+    for key, value in opts.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return RunningServer(proc, log_path, match.group(1), int(match.group(2)))
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+
+
+class Client:
+    """A raw protocol client: send lines, read lines with a timeout."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0, sock=None) -> None:
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.name: str | None = None
+
+    def send(self, line: str | bytes) -> None:
+        data = line if isinstance(line, bytes) else (line + "\n").encode()
+        self.sock.sendall(data)
+
+    def read_line(self) -> str:
+        """The next server line without its LF; raises EOFError when the server closed."""
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(f"server closed; pending {self.buf!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def expect(self, *lines: str) -> None:
+        for want in lines:
+            got = self.read_line()
+            assert got == want, f"expected {want!r}, got {got!r}"
+
+    def request(self, line: str) -> str:
+        self.send(line)
+        return self.read_line()
+
+    def read_until(self, predicate, limit: int = 100000) -> list[str]:
+        seen = []
+        for _ in range(limit):
+            line = self.read_line()
+            seen.append(line)
+            if predicate(line):
+                return seen
+        raise AssertionError(f"no matching line in {seen[-5:]}")
+
+    def sync(self) -> None:
+        """Wait until every earlier reply has arrived (a ping's pong comes after them)."""
+        self.send("ping")
+        self.read_until(lambda line: line == "ok: pong")
+
+    def no_line(self, wait: float = 0.3) -> None:
+        """Assert the server sends nothing within `wait` seconds."""
+        self.sock.settimeout(wait)
+        try:
+            data = self.buf or self.sock.recv(65536)
+        except TimeoutError:
+            data = b""
+        finally:
+            self.sock.settimeout(10.0)
+        assert not data, f"unexpected {data!r}"
+
+    def closed(self, wait: float = 5.0) -> bool:
+        """True when the server closes the connection within `wait` (after any lines)."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buf += data
+        except (TimeoutError, OSError):
+            return False
+        finally:
+            self.sock.settimeout(10.0)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    servers: list[RunningServer] = []
+
+    def factory(**options) -> RunningServer:
+        server = start_server(tmp_path, **options)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def server(make_server) -> RunningServer:
+    return make_server(rate_limit=0)
+
+
+@pytest.fixture
+def connect():
+    clients: list[Client] = []
+
+    def factory(server: RunningServer, **kw) -> Client:
+        client = Client(server.host, server.port, **kw)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def login(connect):
+    """login(server, name) -> a Client past the welcome and General join lines."""
+
+    def factory(server: RunningServer, name: str) -> Client:
+        client = connect(server)
+        client.expect("enter a username:")
+        client.send(name)
+        client.expect(f"connected! welcome {name}", "you joined the group General")
+        client.name = name
+        return client
+
+    return factory
