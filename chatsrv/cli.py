@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -63,16 +62,16 @@ def serve(
         1000, envvar=_env("notice_limit"),
         help="No join/leave notices in groups with more members than this (0 = always).",
     ),
-    admin_token: Optional[str] = typer.Option(  # noqa: UP007 - Typer needs Optional
+    admin_token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
         None, envvar=_env("admin_token"), help="Bearer token for the admin API."
     ),
-    redis: Optional[str] = typer.Option(  # noqa: UP007
+    redis: str | None = typer.Option(  # noqa: UP007
         None, envvar=_env("redis"), help="redis://HOST:PORT/DB for cluster mode."
     ),
-    tls_cert: Optional[Path] = typer.Option(  # noqa: UP007
+    tls_cert: Path | None = typer.Option(  # noqa: UP007
         None, envvar=_env("tls_cert"), help="PEM certificate: serve the protocol over TLS."
     ),
-    tls_key: Optional[Path] = typer.Option(  # noqa: UP007
+    tls_key: Path | None = typer.Option(  # noqa: UP007
         None, envvar=_env("tls_key"), help="PEM private key for --tls-cert."
     ),
     shutdown_grace: float = typer.Option(

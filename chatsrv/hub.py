@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .protocol import Command, ProtocolError
+from .protocol import ProtocolError
 
 GENERAL = "General"
 
