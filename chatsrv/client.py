@@ -383,12 +383,23 @@ async def _quit(conn: Connection, pump: asyncio.Task) -> int:
     return 0
 
 
-async def _ask(session, conn: Connection, pump: asyncio.Task) -> str | None:
-    """One input line, or None when the server closed while the user was typing.
-    Raises EOFError (Ctrl-D) or KeyboardInterrupt (Ctrl-C)."""
-    prompt = asyncio.ensure_future(
-        session.prompt_async(lambda: f"{conn.name}> " if conn.logged_in else "> ")
-    )
+_QUIT = object()  # what _ask returns for Ctrl-D and Ctrl-C
+
+
+async def _prompt(session, conn: Connection):
+    """One input line, or _QUIT for Ctrl-D (EOFError) and Ctrl-C (KeyboardInterrupt).
+
+    Both are caught inside this coroutine on purpose: a KeyboardInterrupt escaping a
+    task is re-raised by asyncio out of the whole event loop."""
+    try:
+        return await session.prompt_async(lambda: f"{conn.name}> " if conn.logged_in else "> ")
+    except (EOFError, KeyboardInterrupt):
+        return _QUIT
+
+
+async def _ask(session, conn: Connection, pump: asyncio.Task):
+    """What the user typed, _QUIT, or None when the server closed meanwhile."""
+    prompt = asyncio.ensure_future(_prompt(session, conn))
     await asyncio.wait({prompt, pump}, return_when=asyncio.FIRST_COMPLETED)
     if not prompt.done():
         prompt.cancel()  # lets prompt_toolkit restore the terminal
@@ -405,13 +416,10 @@ async def _interactive(conn: Connection) -> int:
     with patch_stdout():
         pump = asyncio.create_task(conn.pump(_print_line))
         while True:
-            try:
-                text = await _ask(session, conn, pump)
-            except (EOFError, KeyboardInterrupt):
-                return await _quit(conn, pump)
+            text = await _ask(session, conn, pump)
             if text is None:
                 return conn.ended_code()
-            if text.strip(" \t").casefold() == "exit":
+            if text is _QUIT or text.strip(" \t").casefold() == "exit":
                 return await _quit(conn, pump)
             # Pasted newlines become separate lines, which is what they mean.
             await conn.send(text.encode("utf-8", "replace") + b"\n")

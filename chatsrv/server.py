@@ -23,6 +23,7 @@ from .config import Config
 from .hub import Hub
 from .ratelimit import RateLimiter
 from .session import Session
+from .tls import TlsChannel
 
 log = logging.getLogger("chatsrv.server")
 
@@ -125,11 +126,12 @@ class ChatServer:
             self._refuse(sock, P.SERVER_FULL)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = None
         if self._tls is not None:
-            sock = self._tls_handshake(sock, peer)
-            if sock is None:
+            tls = self._tls_handshake(sock, peer)
+            if tls is None:
                 return
-        session = Session(self, sock, peer, next(self._ids))
+        session = Session(self, sock, peer, next(self._ids), tls)
         self.sessions.add(session)
         self.connections_total += 1
         log.info("connect id=%d peer=%s", session.id, peer)
@@ -142,11 +144,11 @@ class ChatServer:
             pass
         sock.close()
 
-    def _tls_handshake(self, sock, peer: str):
+    def _tls_handshake(self, sock, peer: str) -> TlsChannel | None:
         try:
-            tls = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            tls = TlsChannel(self._tls, sock)
             with gevent.Timeout(self.config.login_timeout):
-                tls.do_handshake()
+                tls.handshake()
             return tls
         except (OSError, gevent.Timeout) as err:
             log.info("tls handshake failed peer=%s: %s", peer, err)

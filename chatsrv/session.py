@@ -49,10 +49,10 @@ class LoginTimeout(Exception):
 class Session:
     __slots__ = (
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
-        "raw_send", "bytes_in", "bytes_out", "ending", "connected_at", "limiter",
+        "raw_send", "bytes_in", "bytes_out", "ending", "connected_at", "limiter", "tls",
     )
 
-    def __init__(self, server: ChatServer, sock, peer: str, sid: int) -> None:
+    def __init__(self, server: ChatServer, sock, peer: str, sid: int, tls=None) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
@@ -62,10 +62,10 @@ class Session:
         self.writer = None
         self.chunks: list[bytes] = []
         self.qbytes = 0
-        # Plain TCP: the non-blocking stdlib socket under gevent's wrapper, so a
-        # flush is one syscall and never a switch. TLS always goes through _drain
-        # (an SSLSocket has a `_sock` too, but writing to it would bypass TLS).
-        self.raw_send = None if server.config.tls else sock._sock.send
+        # The non-blocking stdlib socket under gevent's wrapper, so a flush is
+        # one syscall and never a switch. TLS encrypts first (see tls.py).
+        self.raw_send = sock._sock.send
+        self.tls = tls
         self.limiter: RateLimiter | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -86,7 +86,9 @@ class Session:
         """Send now if the socket takes it; otherwise queue for the writer greenlet."""
         if self.ending is not None and self.ending not in self.server.graceful:
             return
-        if self.writer is None and self.raw_send is not None:
+        if self.tls is not None:
+            data = self.tls.encrypt(data)
+        if self.writer is None:
             try:
                 sent = self.raw_send(data)
             except BlockingIOError:
@@ -166,13 +168,12 @@ class Session:
         server.session_closed(self, reason)
 
     def _take_queue(self) -> None:
-        """Move what the hub queued for us into our own chunks (the hub forgot us)."""
+        """Write what the hub queued for us: after logout no flush will (the hub forgot us)."""
         queue = self.user.queue
         if queue:
             data = b"".join(queue)
             queue.clear()
-            self.chunks.append(data)
-            self.qbytes += len(data)
+            self.write(data)
 
     def _flush_final(self, grace: float) -> None:
         """Best effort, bounded: the last replies (`ok: bye`, a notice) reach the client."""
@@ -187,7 +188,7 @@ class Session:
     def _read_loop(self) -> None:
         server = self.server
         max_line = server.config.max_line
-        recv = self.sock.recv
+        recv = self.tls.recv if self.tls is not None else self.sock.recv
         self.write(P.PROMPT)
         timer = Timeout.start_new(server.config.login_timeout, LoginTimeout)
         try:
@@ -212,6 +213,7 @@ class Session:
                     lines = self._login_lines(lines, max_line, timer)
                 if lines:
                     self._command_lines(lines, max_line)
+                server.schedule_flush()
                 gevent.sleep(0)  # let the flush and other readers run between reads
         finally:
             timer.close()
@@ -259,4 +261,3 @@ class Session:
             text = self._decode(line, max_line)
             if text is not None and hub.handle(user, text):
                 raise SessionEnd("exit")
-        server.schedule_flush()
