@@ -80,7 +80,7 @@ def test_never_reading_client_does_not_delay_others(make_server, login, connect)
 
 def test_garbage_bytes_do_not_hurt_the_server(server, login, connect):
     watcher = login(server, "watcher")
-    for seed in range(5):
+    for _ in range(5):
         vandal = connect(server)
         vandal.send(os.urandom(200_000) + b"\n")
         vandal.sock.shutdown(socket.SHUT_WR)
