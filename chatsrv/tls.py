@@ -29,7 +29,10 @@ class TlsChannel:
                 break
             except ssl.SSLWantReadError:
                 self._send_pending()
-                self._feed()
+                # A peer that hangs up mid-handshake (e.g. it rejected our
+                # certificate) must end it; retrying would spin the event loop.
+                if not self._feed():
+                    raise ConnectionResetError("peer closed during TLS handshake") from None
         self._send_pending()
 
     def recv(self, size: int) -> bytes:
