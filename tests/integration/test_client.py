@@ -1,0 +1,351 @@
+"""The terminal client (`chatsrv.client`) end to end: a real server over TCP (and TLS)
+on an ephemeral port, the client as a subprocess, in script mode (pipes) and in
+interactive mode (a pseudo-terminal driven with the stdlib `pty` module).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 15.0
+
+
+# --- helpers ----------------------------------------------------------------------
+# `server`, `make_server`, `login` and `tls_files` come from tests/conftest.py.
+
+
+def client_cmd(server, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "chatsrv.client", server.host, str(server.port), *extra]
+
+
+def run_script(server, stdin: str, *extra: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(client_cmd(server, *extra), input=stdin.encode(), cwd=ROOT,
+                          capture_output=True, timeout=TIMEOUT, env=env)
+
+
+def popen_script(server) -> subprocess.Popen:
+    """The client in script mode with its stdin left open, fed by the test."""
+    return subprocess.Popen(client_cmd(server), cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def read_until(stream, wanted: str, deadline: float) -> list[str]:
+    """Lines from a client's stdout up to and including `wanted`."""
+    lines = []
+    while time.monotonic() < deadline:
+        line = stream.readline().decode()
+        assert line, f"client stdout ended before {wanted!r}: {lines}"
+        lines.append(line.rstrip("\n"))
+        if lines[-1] == wanted:
+            return lines
+    pytest.fail(f"no {wanted!r} in time: {lines}")
+
+
+# --- script mode ------------------------------------------------------------------
+
+
+def test_script_full_session(server):
+    result = run_script(server, "alice\nusers\nexit\n")
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:",
+        "connected! welcome alice",
+        "you joined the group General",
+        "users: alice",
+        "ok: bye",
+    ]
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_script_without_exit_drains_replies_and_hides_its_own_ping(server):
+    # No `exit`: the client pings after EOF and waits for that pong (not printed);
+    # the script's own ping is printed; a last line without LF is still sent.
+    result = run_script(server, "alice\nping\nhelp\ngroups")
+    assert result.stdout.decode().splitlines()[3:] == [
+        "ok: pong",
+        "ok: commands: create join leave groups users public private exit history help ping",
+        "groups: General",
+    ]
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_script_lines_at_the_prompt_are_usernames(server, login):
+    # `exit` and `ping` at the username prompt are names, not commands: the drain
+    # must neither wait for a bye nor swallow a pong that never comes.
+    login(server, "exit")
+    result = run_script(server, "bad name!\nexit\nping\nusers\n")
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "enter a username:"
+    assert lines[1].startswith("error: invalid username: ")
+    assert lines[2:] == [
+        "enter a username:",
+        "error: username taken: exit",
+        "enter a username:",
+        "connected! welcome ping",
+        "you joined the group General",
+        "users: exit ping",
+    ]
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+@pytest.mark.parametrize("stdin", ["", "bad name!\n", "\n\n"])
+def test_script_ending_before_login_exits_0(server, stdin):
+    result = run_script(server, stdin)
+    lines = result.stdout.decode().splitlines()
+    assert lines.count("enter a username:") == stdin.count("\n") + 1
+    assert lines[-1] == "enter a username:"
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_script_sees_messages_from_another_user(server, login):
+    bob = login(server, "bob")
+    client = popen_script(server)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        client.stdin.write(b"alice\n")
+        client.stdin.flush()
+        read_until(client.stdout, "you joined the group General", deadline)
+        bob.expect("* alice joined the group General")
+        bob.send("public General hello from bob")
+        bob.send("private alice psst")
+        assert read_until(client.stdout, "[private from bob] psst", deadline) == [
+            "[public group General from bob] hello from bob",
+            "[private from bob] psst",
+        ]
+        client.stdin.write(b"exit\n")
+        client.stdin.close()
+        assert client.stdout.read().decode().splitlines() == ["ok: bye"]
+        assert client.wait(TIMEOUT) == 0
+        assert client.stderr.read() == b""
+        bob.expect("* alice left the group General")
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_script_server_shutdown_exits_1_with_reason(server):
+    client = popen_script(server)
+    try:
+        client.stdin.write(b"alice\n")
+        client.stdin.flush()  # stdin stays open: the server, not EOF, ends this session
+        read_until(client.stdout, "you joined the group General", time.monotonic() + TIMEOUT)
+        assert server.stop() == 0
+        assert client.wait(TIMEOUT) == 1
+        assert client.stdout.read().decode().splitlines() == ["* server shutting down"]
+        assert client.stderr.read().decode() == (
+            "connection closed by server: * server shutting down\n"
+        )
+    finally:
+        client.kill()
+        client.wait()
+
+
+def test_script_via_chatsrv_connect(server):
+    # The CLI entry (`chatsrv connect HOST PORT`) hands the exit code through.
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsrv", "connect", server.host, str(server.port)],
+        input=b"carol\nexit\n", cwd=ROOT, capture_output=True, timeout=TIMEOUT)
+    assert result.stdout.decode().splitlines()[-1] == "ok: bye"
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("module", ["chatsrv.client", "chatsrv connect"])
+def test_connect_failure_is_one_line_exit_1(module):
+    port = free_port()
+    cmd = [sys.executable, "-m", *module.split(), "127.0.0.1", str(port)]
+    result = subprocess.run(cmd, input=b"alice\n", cwd=ROOT, capture_output=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode() == (
+        f"error: cannot connect to 127.0.0.1:{port}: Connection refused\n"
+    )
+
+
+# --- TLS --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_server(make_server, tls_files):
+    cert, key = tls_files
+    return make_server(rate_limit=0, tls_cert=cert, tls_key=key)
+
+
+def test_tls_insecure_session(tls_server):
+    result = run_script(tls_server, "alice\nusers\nexit\n", "--tls", "--insecure")
+    assert result.stdout.decode().splitlines()[-2:] == ["users: alice", "ok: bye"], result
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_tls_verifies_certificates_by_default(tls_server):
+    result = run_script(tls_server, "alice\nexit\n", "--tls")
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert err.startswith(f"error: cannot connect to 127.0.0.1:{tls_server.port}: TLS ")
+    assert err.count("\n") == 1 and "certificate verification failed" in err
+
+
+def test_tls_trusted_certificate_passes_verification(tls_server, tls_files):
+    env = {**os.environ, "SSL_CERT_FILE": str(tls_files[0])}
+    result = run_script(tls_server, "alice\nexit\n", "--tls", env=env)
+    assert result.stdout.decode().splitlines()[-1:] == ["ok: bye"], result
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_tls_server_still_serves_after_a_client_rejects_its_certificate(tls_server):
+    # The client aborting the handshake must cost the server nothing.
+    assert run_script(tls_server, "alice\nexit\n", "--tls").returncode == 1
+    result = run_script(tls_server, "alice\nexit\n", "--tls", "--insecure")
+    assert result.stdout.decode().splitlines()[-1:] == ["ok: bye"], result
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_tls_client_against_plain_server_fails_cleanly(server):
+    result = run_script(server, "alice\n", "--tls", "--insecure")
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith(f"error: cannot connect to 127.0.0.1:{server.port}: ")
+    assert result.stderr.decode().count("\n") == 1
+
+
+# --- interactive mode -------------------------------------------------------------
+
+ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78])")
+
+
+class Terminal:
+    """The client on a pseudo-terminal; `expect` waits for text on the screen stream."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+                                     env=env, start_new_session=True)
+        os.close(slave)
+        self.raw = bytearray()
+        self.seen = 0  # `expect` consumes the stream up to each match
+        self.lock = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            with self.lock:
+                if not data:
+                    self.raw += b"\0EOF"
+                    self.lock.notify_all()
+                    return
+                self.raw += data
+                self.lock.notify_all()
+
+    def text(self) -> str:
+        return ANSI.sub(b"", bytes(self.raw)).replace(b"\r", b"").decode("utf-8", "replace")
+
+    def expect(self, wanted: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        with self.lock:
+            while (at := self.text().find(wanted, self.seen)) < 0:
+                if self.raw.endswith(b"\0EOF") or not self.lock.wait(deadline - time.monotonic()):
+                    pytest.fail(f"no {wanted!r} on the terminal:\n{self.text()}")
+            self.seen = at + len(wanted)
+
+    def type(self, keys: str) -> None:
+        os.write(self.master, keys.encode())
+
+    def wait(self) -> int:
+        code = self.proc.wait(TIMEOUT)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal(server):
+    terminals: list[Terminal] = []
+
+    def start() -> Terminal:
+        term = Terminal(client_cmd(server))
+        terminals.append(term)
+        return term
+
+    yield start
+    for term in terminals:
+        term.close()
+
+
+def log_in(term: Terminal, name: str) -> None:
+    term.expect("enter a username:")
+    term.type(name + "\r")
+    term.expect(f"connected! welcome {name}")
+    term.expect("you joined the group General")
+
+
+def test_interactive_login_message_and_exit(server, terminal, login):
+    bob = login(server, "bob")
+    term = terminal()
+    log_in(term, "alice")
+    bob.expect("* alice joined the group General")
+    term.type("pub")  # half-typed input must survive a line arriving above it
+    bob.send("private alice hi alice")
+    term.expect("[private from bob] hi alice")
+    term.type("lic General hi bob\r")
+    bob.expect("[public group General from alice] hi bob")
+    term.type("exit\r")
+    term.expect("ok: bye")
+    assert term.wait() == 0
+    bob.expect("* alice left the group General")
+
+
+@pytest.mark.parametrize("key", ["\x04", "\x03"], ids=["ctrl-d", "ctrl-c"])
+def test_interactive_ctrl_d_and_ctrl_c_send_exit(server, terminal, login, key):
+    bob = login(server, "bob")
+    term = terminal()
+    log_in(term, "alice")
+    bob.expect("* alice joined the group General")
+    term.type(key)
+    term.expect("ok: bye")
+    assert term.wait() == 0
+    bob.expect("* alice left the group General")
+
+
+def test_interactive_exit_at_username_prompt_just_closes(terminal):
+    term = terminal()
+    term.expect("enter a username:")
+    term.type("exit\r")
+    assert term.wait() == 0
+    assert "connected!" not in term.text()
+
+
+def test_interactive_server_shutdown_exits_1(server, terminal):
+    term = terminal()
+    log_in(term, "alice")
+    term.type("half-typed")
+    server.stop()
+    term.expect("* server shutting down")
+    term.expect("connection closed by server: * server shutting down")
+    assert term.wait() == 1
