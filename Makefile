@@ -6,12 +6,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench loadtest clean
+
+# `make loadtest` drives the server of `make run` (in another shell) unless told otherwise,
+# e.g. `make loadtest LOADTEST_USERS=500 LOADTEST_TIME=5m ARGS='--chat-rate 2'`.
+LOCUST_HOST ?= tcp://127.0.0.1:50000
+LOADTEST_USERS ?= 200
+LOADTEST_SPAWN_RATE ?= 20
+LOADTEST_TIME ?= 60s
+REPORTS ?= reports
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,loadtest]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,10 +29,18 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chatsrv tests bench
+	$(VENV)/bin/ruff check chatsrv tests bench loadtest
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+
+# The extra is re-checked here too: a venv made before it was added lacks Locust.
+loadtest: $(STAMP)
+	$(PY) -c 'import locust' 2>/dev/null || $(PY) -m pip install -q -e '.[loadtest]'
+	mkdir -p $(REPORTS)
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless \
+	    -u $(LOADTEST_USERS) -r $(LOADTEST_SPAWN_RATE) -t $(LOADTEST_TIME) \
+	    --host $(LOCUST_HOST) --csv $(REPORTS)/loadtest --html $(REPORTS)/loadtest.html $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis reports
