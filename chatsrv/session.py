@@ -32,6 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatsrv.session")
 
 READ_SIZE = 65536
+# One receive buffer for every session: greenlets run one at a time and each
+# read is copied out before the next switch. A fresh 64 KiB bytes per recv
+# would be malloc'd and shrunk on every read, and the shrunk leftovers held by
+# idle sessions fragment the heap (measured: RSS per idle client).
+_RECV_BUF = bytearray(READ_SIZE)
+_RECV_VIEW = memoryview(_RECV_BUF)
 
 
 class SessionEnd(Exception):
@@ -188,7 +194,7 @@ class Session:
     def _read_loop(self) -> None:
         server = self.server
         max_line = server.config.max_line
-        recv = self.tls.recv if self.tls is not None else self.sock.recv
+        recv = self.tls.recv if self.tls is not None else self._recv_shared
         self.write(P.PROMPT)
         timer = Timeout.start_new(server.config.login_timeout, LoginTimeout)
         try:
@@ -211,12 +217,20 @@ class Session:
                     buf = b""
                 if self.user is None:
                     lines = self._login_lines(lines, max_line, timer)
+                    if self.user is not None:
+                        timer = None  # an idle session keeps nothing of its login
                 if lines:
                     self._command_lines(lines, max_line)
+                data = lines = None  # nothing of this read stays alive while we wait
                 server.schedule_flush()
                 gevent.sleep(0)  # let the flush and other readers run between reads
         finally:
-            timer.close()
+            if timer is not None:
+                timer.close()
+
+    def _recv_shared(self, size: int) -> bytes:
+        n = self.sock.recv_into(_RECV_BUF, size)
+        return _RECV_VIEW[:n].tobytes()
 
     def _decode(self, line: bytes, max_line: int) -> str | None:
         """A framed line as text, or None after replying with its framing error."""
