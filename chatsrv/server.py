@@ -68,6 +68,14 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+class _Listener(StreamServer):
+    """A StreamServer that leaves closing to the session: a logged-in session
+    outlives its handler greenlet (see session.py), so the socket must too."""
+
+    def do_close(self, sock, *args) -> None:
+        pass
+
+
 class ChatServer:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -82,14 +90,14 @@ class ChatServer:
         self.disconnects: Counter[str] = Counter()
         self._ids = itertools.count(1)
         self._flush_pending = False
-        self._loop = gevent.get_hub().loop
+        self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
         self._listener: StreamServer | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        listener = StreamServer(
+        listener = _Listener(
             (self.config.host, self.config.port), self._handle, backlog=4096
         )
         listener.start()
@@ -132,6 +140,15 @@ class ChatServer:
     # ------------------------------------------------------------ connections
 
     def _handle(self, sock, address) -> None:
+        try:
+            self._accepted(sock, address)
+        except OSError:  # e.g. reset before we got to it: the client's doing
+            sock.close()
+        except Exception:
+            log.exception("server error on a new connection")
+            sock.close()
+
+    def _accepted(self, sock, address) -> None:
         peer = f"{address[0]}:{address[1]}"
         if self.stopping:
             sock.close()
@@ -187,7 +204,7 @@ class ChatServer:
         """Flush once at the end of this loop turn, however many lines were queued."""
         if not self._flush_pending and self.hub.dirty:
             self._flush_pending = True
-            self._loop.run_callback(self.flush)
+            self.loop.run_callback(self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False

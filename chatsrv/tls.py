@@ -46,6 +46,28 @@ class TlsChannel:
             except ssl.SSLZeroReturnError:
                 return b""
 
+    def decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """The plaintext that ciphertext `data` completes, and whether the peer closed."""
+        self.incoming.write(data)
+        return self._read_all()
+
+    def read_buffered(self) -> bytes:
+        """Plaintext already decrypted but not yet read (left by `recv`'s size limit)."""
+        return self._read_all()[0]
+
+    def _read_all(self) -> tuple[bytes, bool]:
+        parts = []
+        while True:
+            try:
+                chunk = self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                return b"".join(parts), False
+            except ssl.SSLZeroReturnError:
+                return b"".join(parts), True
+            if not chunk:
+                return b"".join(parts), True
+            parts.append(chunk)
+
     def encrypt(self, data: bytes) -> bytes:
         """Ciphertext for `data`, with any record the reader produced first (in order)."""
         self.obj.write(data)

@@ -195,3 +195,41 @@ def test_reset_frees_the_name_at_once(server, login, connect):
     assert alice.read_line() == "* bob left the group General"
     again = login(server, "bob")
     assert again.request("ping") == "ok: pong"
+
+
+def _tls_client(server, cert):
+    ctx = ssl.create_default_context(cafile=str(cert))
+    raw = socket.create_connection((server.host, server.port), timeout=10)
+    return Client(server.host, server.port, sock=ctx.wrap_socket(raw, server_hostname="localhost"))
+
+
+def test_tls_pipelined_bulk_and_delivery_between_tls_clients(make_server, tls_files):
+    # The login and the next 20,000 commands arrive in one burst: more plaintext
+    # than one read, so some is still buffered in TLS when the session parks.
+    cert, key = tls_files
+    server = make_server(rate_limit=0, tls_cert=cert, tls_key=key)
+    bob = _tls_client(server, cert)
+    bob.expect("enter a username:")
+    bob.send("bob")
+    bob.expect("connected! welcome bob", "you joined the group General")
+    alice = _tls_client(server, cert)
+    alice.expect("enter a username:")
+    alice.send("alice\n" + "ping\n" * 20000 + "public General done")
+    alice.expect("connected! welcome alice", "you joined the group General", *["ok: pong"] * 20000)
+    bob.expect("* alice joined the group General", "[public group General from alice] done")
+    alice.close()
+    bob.expect("* alice left the group General")
+    assert bob.request("users") == "users: bob"
+    assert "Traceback" not in server.log()
+
+
+def test_rate_limited_session_keeps_order_through_exit(make_server, login):
+    server = make_server(rate_limit=50)
+    alice = login(server, "alice")
+    bob = login(server, "bob")
+    alice.read_line()  # bob joined
+    alice.send("\n".join(["ping"] * 150 + ["exit", "ping"]))
+    alice.expect(*["ok: pong"] * 150, "ok: bye")
+    assert alice.closed()
+    bob.expect("* alice left the group General")
+    assert bob.request("users") == "users: bob"
