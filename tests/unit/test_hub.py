@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chatsrv.hub import Hub, LoginRefused, User
 
@@ -207,3 +209,26 @@ def test_leaving_general_is_allowed(hub, alice):
 def test_announce(hub, alice, bob):
     assert hub.announce("maintenance at 5") == 2
     assert lines(alice) == lines(bob) == ["* announcement: maintenance at 5"]
+
+
+@given(st.lists(st.tuples(st.sampled_from("jlp"), st.integers(0, 5)), max_size=60))
+def test_public_reaches_exactly_the_members_whatever_the_join_leave_history(ops):
+    # The group caches its members' queue appenders; joins append to the cache
+    # and leaves rebuild it, so any sequence must leave it equal to the members.
+    hub = Hub(clock=FakeClock(), history=5, notice_limit=1000)
+    users = [hub.login(f"u{i}") for i in range(6)]
+    hub.handle(users[0], "create g")
+    members: set[int] = set()
+    for op, i in ops:
+        if op == "j":
+            hub.handle(users[i], "join g")
+            members.add(i)
+        elif op == "l":
+            hub.handle(users[i], "leave g")
+            members.discard(i)
+        for user in users:
+            lines(user)
+        if op == "p" and i in members:
+            hub.handle(users[i], "public g hi")
+            got = {j for j, user in enumerate(users) if lines(user) == [f"[public group g from u{i}] hi"]}
+            assert got == members - {i}
