@@ -198,13 +198,13 @@ def test_stats(http_server, login):
 
 
 def test_readyz_is_503_while_shutting_down(make_http_server, login):
-    server = make_http_server(rate_limit=0, shutdown_grace=3)
+    server = make_http_server(rate_limit=0, shutdown_grace=3, sendq=16 << 20)
     api = server.api
     # A client that never reads keeps the drain going for the grace period.
     stalled = login(server, "stalled")
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     talker = login(server, "talker")
-    talker.send("".join(f"public General {'x' * 1000}\n" for _ in range(500)))
+    talker.send("".join(f"public General {'x' * 1000}\n" for _ in range(4000)))
     talker.sync()
     server.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 5
