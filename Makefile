@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chatsrv tests bench loadtest
+	$(VENV)/bin/ruff check chatsrv admin tests bench loadtest
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

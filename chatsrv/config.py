@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .auth import is_loopback
+
 
 class ConfigError(ValueError):
     """A setting that cannot work; the CLI prints it as one line and exits 2."""
@@ -55,6 +57,11 @@ class Config:
             ),
             ((self.tls_cert is None) == (self.tls_key is None),
              "--tls-cert and --tls-key go together"),
+            (self.admin_token is None or self.admin_token.strip() == self.admin_token != "",
+             "--admin-token must be non-empty, without surrounding spaces"),
+            (self.http_port == 0 or self.admin_token is not None or is_loopback(self.http_host),
+             f"--http-host {self.http_host} is not a loopback address: set --admin-token "
+             "(or CHATSRV_ADMIN_TOKEN) before exposing the admin API"),
         ]
         for ok, message in checks:
             if not ok:

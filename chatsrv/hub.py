@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from . import protocol as P
+from .histogram import Histogram
 from .protocol import ProtocolError
 
 GENERAL = "General"
@@ -85,7 +86,16 @@ class Stats:
     deliveries_private: int = 0
     notices: int = 0
     logins: int = 0
+    announcements: int = 0
     commands: dict[str, int] = field(default_factory=dict)
+    # Seconds from a `public` line's parse to its last enqueue, and to handle a
+    # username line that logs in; filled only when the hub has a timer.
+    fanout: Histogram = field(default_factory=Histogram)
+    login: Histogram = field(default_factory=Histogram)
+
+
+class GroupExists(ProtocolError):
+    """`create` of a name already taken (the admin API answers 409, not 400)."""
 
 
 class LoginRefused(Exception):
@@ -104,8 +114,11 @@ class Hub:
         clock: Callable[[], float],
         history: int = 1000,
         notice_limit: int = 1000,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self.clock = clock
+        # A monotonic clock for the latency histograms; None = not measured.
+        self.timer = timer
         self.history_size = history
         self.notice_limit = notice_limit
         self.users: dict[str, User] = {}
@@ -176,6 +189,7 @@ class Hub:
 
     def login(self, name: str, conn: object = None) -> User:
         """Register a user, put it in General; raises LoginRefused."""
+        started = self.timer() if self.timer is not None else 0.0
         nfc = P.normalize(name.strip(P.SEPARATORS))
         problem = P.name_problem(nfc)
         if problem is not None:
@@ -190,6 +204,8 @@ class Hub:
         general = self.groups[P.name_key(GENERAL)]
         self.join_group(user, general)
         self.reply(user, P.you_joined(general.name))
+        if self.timer is not None:
+            self.stats.login.observe(self.timer() - started)
         return user
 
     def logout(self, user: User, notify: bool = True) -> None:
@@ -209,6 +225,8 @@ class Hub:
 
     def handle(self, user: User, line: str) -> bool:
         """Run one decoded line from a logged-in user; True means end the session."""
+        timer = self.timer
+        started = timer() if timer is not None else 0.0
         try:
             command = P.parse_line(line)
         except ProtocolError as err:
@@ -217,29 +235,37 @@ class Hub:
             return False
         if command is None:
             return False
-        self.stats.commands[command.word] += 1
+        word = command.word
+        self.stats.commands[word] += 1
         try:
-            return bool(HANDLERS[command.word](self, user, command.args))
+            done = HANDLERS[word](self, user, command.args)
         except ProtocolError as err:
             self.reply(user, str(err))
             return False
+        if word == "public" and timer is not None:
+            self.stats.fanout.observe(timer() - started)
+        return bool(done)
 
     def _count(self, line: str) -> None:
         word = P.split_word(line.lstrip(P.SEPARATORS))[0].lower()
         key = word if word in self.stats.commands else "unknown"
         self.stats.commands[key] += 1
 
-    # create <group>
-    def handle_create(self, user: User, args: tuple[str, ...]) -> None:
-        name = P.normalize(args[0])
+    def create_group(self, name: str, created_by: str) -> Group:
+        """A new group from a user's or an administrator's request; raises ProtocolError."""
+        name = P.normalize(name)
         problem = P.name_problem(name)
         if problem is not None:
             raise ProtocolError(f"error: invalid group name: {problem}")
         existing = self.groups.get(P.name_key(name))
         if existing is not None:
-            raise ProtocolError(f"error: group already exists: {existing.name}")
-        self.add_group(name, created_by=user.name)
-        self.reply(user, f"ok: created group {name}")
+            raise GroupExists(f"error: group already exists: {existing.name}")
+        return self.add_group(name, created_by=created_by)
+
+    # create <group>
+    def handle_create(self, user: User, args: tuple[str, ...]) -> None:
+        group = self.create_group(args[0], created_by=user.name)
+        self.reply(user, f"ok: created group {group.name}")
 
     # join <group>
     def handle_join(self, user: User, args: tuple[str, ...]) -> None:
@@ -319,7 +345,10 @@ class Hub:
             raise ProtocolError("error: announcement text must be non-empty, no control characters")
         data = P.encode(P.announcement(text))
         if group_name is not None:
-            return self.fanout(self.find_group(group_name), data, None)
+            group = self.find_group(group_name)
+            self.stats.announcements += 1
+            return self.fanout(group, data, None)
+        self.stats.announcements += 1
         for user in self.users.values():
             self.send_line(user, data)
         return len(self.users)

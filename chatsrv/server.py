@@ -20,7 +20,9 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from . import protocol as P
+from .auth import load_or_create_token
 from .config import Config
+from .http import AdminHTTP
 from .hub import Hub
 from .ratelimit import RateLimiter
 from .session import Session
@@ -79,7 +81,9 @@ class _Listener(StreamServer):
 class ChatServer:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit)
+        # The latency histograms are timed only when something can read them.
+        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
+                       timer=time.perf_counter if config.http_port else None)
         self.sessions: set[Session] = set()
         self.graceful = GRACEFUL
         self.stopping = False
@@ -88,15 +92,24 @@ class ChatServer:
         self.connections_total = 0
         self.rejected: Counter[str] = Counter()
         self.disconnects: Counter[str] = Counter()
+        # Bytes of sessions already gone; the live ones are summed at scrape time.
+        self.closed_bytes_in = 0
+        self.closed_bytes_out = 0
         self._ids = itertools.count(1)
         self._flush_pending = False
         self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
         self._listener: StreamServer | None = None
+        self.http: AdminHTTP | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
+        if self.config.http_port:
+            token = self.config.admin_token or load_or_create_token(self.config.data_dir)
+            self.http = AdminHTTP(self, token)
+            self.http.start()
         listener = _Listener(
             (self.config.host, self.config.port), self._handle, backlog=4096
         )
@@ -134,6 +147,8 @@ class ChatServer:
         deadline = time.monotonic() + self.config.shutdown_grace + 1.0
         while self.sessions and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        if self.http is not None:  # kept until now: /readyz said 503 during the drain
+            self.http.stop()
         self.stopped.set()
         log.info("stopped")
 
@@ -195,6 +210,8 @@ class ChatServer:
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
         self.disconnects[reason] += 1
+        self.closed_bytes_in += session.bytes_in
+        self.closed_bytes_out += session.bytes_out
         user = session.user.name if session.user is not None else "-"
         log.info("disconnect id=%d user=%s reason=%s", session.id, user, reason)
 
@@ -226,14 +243,21 @@ class ChatServer:
         user = self.hub.users.get(P.name_key(P.normalize(name)))
         return user.conn if user is not None else None
 
-    def kick(self, name: str) -> bool:
+    def kick(self, name: str) -> str | None:
+        """End a user's session (reason `kicked`); its display name, or None if unknown.
+
+        The name is free when this returns, as after `exit`: the logout happens
+        here rather than when the session's greenlet next runs."""
         session = self.find_session(name)
         if session is None:
-            return False
+            return None
+        user = session.user
         session.emit(P.KICKED)
         self.flush()
+        self.hub.logout(user)
+        self.schedule_flush()  # the leave notices
         session.abort("kicked")
-        return True
+        return user.name
 
 
 def serve(config: Config) -> int:

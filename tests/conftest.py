@@ -4,10 +4,13 @@
 options given (underscores become dashes), waits for its `listening on` log
 line, and stops it at the end of the test. `connect(server)` opens a raw TCP
 client; `login(server, name)` also answers the prompt and reads the welcome.
+`http_server(**options)` is a server with its HTTP endpoint on (a free port,
+retried if another process takes it first) and `server.api` a JSON client.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,11 +18,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+HTTP_ON = re.compile(r"http on (http://\S+:\d+)")
 
 
 class RunningServer:
@@ -28,6 +34,9 @@ class RunningServer:
         self.log_path = log_path
         self.host = host
         self.port = port
+        match = HTTP_ON.search(log_path.read_text(errors="replace"))
+        self.http_url: str | None = match.group(1) if match else None
+        self.api: Api | None = None
 
     @property
     def pid(self) -> int:
@@ -68,6 +77,71 @@ def start_server(tmp_path: Path, **options) -> RunningServer:
         time.sleep(0.02)
     proc.kill()
     raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    """JSON over HTTP to a server's endpoint: `call` returns (status, decoded body)."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        self.url = url
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, *, token: str | None = "",
+             raw: bytes | None = None, headers: dict | None = None) -> tuple[int, object]:
+        token = self.token if token == "" else token
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(self.url + path, data, hdrs, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, payload, ctype = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as err:
+            status, payload, ctype = err.code, err.read(), err.headers
+        if ctype.get("Content-Type", "").startswith("application/json"):
+            return status, json.loads(payload)
+        return status, payload.decode()
+
+    def get(self, path: str, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, body=None, **kw):
+        return self.call("POST", path, body if body is not None else {}, **kw)
+
+    def ok(self, method: str, path: str, body=None):
+        """The body of a call that must succeed (2xx)."""
+        status, payload = self.call(method, path, body)
+        assert 200 <= status < 300, f"{method} {path}: {status} {payload}"
+        return payload
+
+    def metrics(self) -> str:
+        status, text = self.call("GET", "/metrics", token=None)
+        assert status == 200
+        return text
+
+
+def start_http_server(tmp_path: Path, **options) -> RunningServer:
+    """A server with `--http-port` on a free port; retried when the port gets taken."""
+    for attempt in range(5):
+        try:
+            server = start_server(tmp_path, http_port=free_port(), **options)
+        except RuntimeError as err:
+            if "in use" in str(err) and attempt < 4:
+                continue
+            raise
+        token = options.get("admin_token")
+        if token is None:
+            token = (Path(options.get("data_dir", tmp_path / "data")) / "admin.token").read_text()
+        server.api = Api(server.http_url, token.strip())
+        return server
+    raise AssertionError("unreachable")
 
 
 class Client:
@@ -160,6 +234,25 @@ def make_server(tmp_path):
     yield factory
     for server in servers:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_http_server(tmp_path):
+    servers: list[RunningServer] = []
+
+    def factory(**options) -> RunningServer:
+        server = start_http_server(tmp_path, **options)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def http_server(make_http_server) -> RunningServer:
+    return make_http_server(rate_limit=0)
 
 
 @pytest.fixture

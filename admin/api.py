@@ -1,0 +1,116 @@
+"""A small client for chatsrv's HTTP endpoint (stdlib urllib: no extra dependency).
+
+Every failure becomes an `AdminError` carrying the exit code of the CLI's
+contract: 1 for an answer that refuses or does not find (4xx, 5xx, not JSON),
+3 when the server cannot be reached at all.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+NOT_OK, USAGE, UNREACHABLE = 1, 2, 3
+
+
+class AdminError(Exception):
+    def __init__(self, message: str, code: int = NOT_OK, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str | None, timeout: float = 5.0) -> None:
+        self.base = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    # ------------------------------------------------------------ endpoints
+
+    def health(self) -> tuple[int, dict]:
+        """(status, body) of /healthz, then /readyz: 503 is an answer here, not an error."""
+        return self._request("GET", "/readyz", auth=False, accept=(200, 503))
+
+    def alive(self) -> tuple[int, dict]:
+        return self._request("GET", "/healthz", auth=False, accept=(200,))
+
+    def users(self) -> dict:
+        return self._api("GET", "/users")
+
+    def groups(self) -> dict:
+        return self._api("GET", "/groups")
+
+    def group(self, name: str) -> dict:
+        return self._api("GET", "/groups/" + _quote(name))
+
+    def create(self, name: str) -> dict:
+        return self._api("POST", "/groups", {"name": name})
+
+    def kick(self, name: str) -> dict:
+        return self._api("POST", f"/users/{_quote(name)}/kick", {})
+
+    def announce(self, text: str, group: str | None) -> dict:
+        return self._api("POST", "/announce", {"text": text, "group": group})
+
+    def stats(self) -> dict:
+        return self._api("GET", "/stats")
+
+    # ------------------------------------------------------------ transport
+
+    def _api(self, method: str, path: str, body: dict | None = None) -> dict:
+        if not self.token:
+            raise AdminError("no admin token: pass --token, set CHATSRV_ADMIN_TOKEN, or point "
+                             "--data-dir at the server's data directory", USAGE)
+        return self._request(method, "/api/v1" + path, body, auth=True)[1]
+
+    def _request(self, method: str, path: str, body: dict | None = None, *, auth: bool,
+                 accept: tuple[int, ...] = (200, 201)) -> tuple[int, dict]:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.base + path, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, _json(response.read())
+        except urllib.error.HTTPError as err:
+            payload = _json(err.read(), strict=False)
+            if err.code in accept:
+                return err.code, payload
+            raise AdminError(_describe(err.code, payload), NOT_OK, err.code) from None
+        except OSError as err:  # URLError, timeouts, resets are all OSErrors
+            reason = getattr(err, "reason", err)
+            raise AdminError(f"cannot reach the server at {self.base}: {reason}",
+                             UNREACHABLE) from None
+        except http.client.HTTPException as err:  # something answered, but not in HTTP
+            raise AdminError(f"no HTTP server at {self.base} ({type(err).__name__}); "
+                             "--url wants chatsrv's --http-port, not its chat port",
+                             UNREACHABLE) from None
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _json(raw: bytes, strict: bool = True) -> dict:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeError, ValueError):
+        if strict:
+            raise AdminError("the server's answer is not JSON (is --url a chatsrv?)") from None
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _describe(status: int, payload: dict) -> str:
+    message = payload.get("error") or "no details"
+    if status == 401:
+        return f"the server refused the admin token ({message})"
+    return f"{message} (HTTP {status})"

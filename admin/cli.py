@@ -1,0 +1,411 @@
+"""`chatsrv-admin`: see and steer a running chatsrv through its HTTP admin API.
+
+Tables for people, `--json` for scripts. Exit codes: 0 ok, 1 not found or
+refused (also: not ready, for `health`), 2 usage (also: no token), 3 server
+unreachable. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .api import NOT_OK, USAGE, AdminClient, AdminError
+
+DEFAULT_URL = "http://127.0.0.1:9150"
+TOKEN_FILE = "admin.token"
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Administer a running chatsrv: users, groups, kicks, announcements, live stats.",
+)
+
+
+@dataclass
+class Options:
+    url: str
+    token: str | None
+    token_problem: str | None
+    json: bool
+    timeout: float
+
+    def client(self) -> AdminClient:
+        if self.token is None and self.token_problem:
+            raise AdminError(self.token_problem, USAGE)
+        return AdminClient(self.url, self.token, self.timeout)
+
+
+JsonFlag = typer.Option(False, "--json", help="Print the server's JSON (one object a line).")
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    url: str = typer.Option(DEFAULT_URL, envvar="CHATSRV_ADMIN_URL",
+                            help="chatsrv's HTTP endpoint (its --http-host/--http-port)."),
+    token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
+        None, envvar="CHATSRV_ADMIN_TOKEN", show_default=False,
+        help="Admin bearer token (default: read from DATA_DIR/admin.token).",
+    ),
+    data_dir: Path = typer.Option(Path("./chatsrv-data"), envvar="CHATSRV_DATA_DIR",
+                                  help="The server's --data-dir, for its admin.token."),
+    json_out: bool = JsonFlag,
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the server."),
+) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="--url")
+    problem = None
+    if token is None:
+        token, problem = _token_from(data_dir / TOKEN_FILE)
+    ctx.obj = Options(url, token, problem, json_out, timeout)
+
+
+def _token_from(path: Path) -> tuple[str | None, str | None]:
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return None, (f"no admin token: {path} does not exist; pass --token, set "
+                      "CHATSRV_ADMIN_TOKEN, or give the server's --data-dir")
+    except OSError as err:
+        return None, f"cannot read the admin token in {path}: {err.strerror}"
+    return (token, None) if token else (None, f"{path} is empty")
+
+
+def command(fn: Callable) -> Callable:
+    """Register `fn` as a command whose AdminErrors become one line and an exit code."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AdminError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.code) from None
+
+    return app.command()(run)
+
+
+def _opts(ctx: typer.Context, json_out: bool) -> Options:
+    opts: Options = ctx.obj
+    if json_out:
+        opts.json = True
+    return opts
+
+
+def _print_json(payload: dict) -> None:
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+console = Console(highlight=False)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@command
+def users(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Logged-in users: address, connected since, groups, bytes, send queue."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().users()
+    if opts.json:
+        return _print_json(payload)
+    table = Table(title=_plural(len(payload["users"]), "user"), title_justify="left")
+    for column in ("user", "peer", "connected for", "groups"):
+        table.add_column(column)
+    for column in ("in", "out", "sendq"):
+        table.add_column(column, justify="right")
+    for u in payload["users"]:
+        table.add_row(Text(u["name"]), u["peer"], _age(u["connected_at"]),
+                      Text(" ".join(u["groups"])), _size(u["bytes_in"]),
+                      _size(u["bytes_out"]), _size(u["sendq_bytes"]))
+    console.print(table)
+
+
+@command
+def groups(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Every group with its member count."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().groups()
+    if opts.json:
+        return _print_json(payload)
+    table = Table(title=_plural(len(payload["groups"]), "group"), title_justify="left")
+    table.add_column("group")
+    table.add_column("members", justify="right")
+    table.add_column("created (UTC)")
+    table.add_column("by")
+    for g in payload["groups"]:
+        table.add_row(Text(g["name"]), str(g["members"]), g["created_at"].replace("T", " "),
+                      Text(g["created_by"] or "-"))
+    console.print(table)
+
+
+@command
+def group(ctx: typer.Context, name: str = typer.Argument(..., help="Group name."),
+          json_out: bool = JsonFlag) -> None:
+    """One group and its members."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().group(name)
+    if opts.json:
+        return _print_json(payload)
+    members = payload["members"]
+    console.print(Text(f"group {payload['name']}: {_plural(len(members), 'member')}, "
+                       f"created {_since(payload['created_at'])}"
+                       + (f" by {payload['created_by']}" if payload["created_by"] else "")))
+    for member in members:
+        console.print(Text(f"  {member}"))
+
+
+@command
+def create(ctx: typer.Context, name: str = typer.Argument(..., help="New group name."),
+           json_out: bool = JsonFlag) -> None:
+    """Create a group (nobody is joined to it)."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().create(name)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"created group {payload['name']}"))
+
+
+@command
+def kick(ctx: typer.Context, user: str = typer.Argument(..., help="User to disconnect."),
+         json_out: bool = JsonFlag) -> None:
+    """Disconnect a user (`* disconnected by an administrator`); the name is free at once."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().kick(user)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"kicked {payload['kicked']}"))
+
+
+@command
+def announce(
+    ctx: typer.Context,
+    text: str = typer.Argument(..., help="The announcement (quote it)."),
+    group: str | None = typer.Option(  # noqa: UP007
+        None, "--group", "-g", help="Only this group's members (default: everyone)."
+    ),
+    json_out: bool = JsonFlag,
+) -> None:
+    """Send `* announcement: TEXT` to everyone, or to one group's members."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().announce(text, group)
+    if opts.json:
+        return _print_json(payload)
+    where = f"group {payload['group']}" if payload.get("group") else "everyone"
+    console.print(Text(f"announced to {where}: {_plural(payload['delivered'], 'receiver')}"))
+
+
+@command
+def stats(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Uptime, users, groups, messages and deliveries so far."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().stats()
+    if opts.json:
+        return _print_json(payload)
+    table = Table(show_header=False, title="chatsrv " + payload["version"], title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("uptime", _duration(payload["uptime_seconds"])),
+        ("users", payload["users"]),
+        ("groups", payload["groups"]),
+        ("connections active", payload["connections"]["active"]),
+        ("connections total", payload["connections"]["total"]),
+        ("connections rejected", payload["connections"]["rejected"]),
+        ("messages public", payload["messages"]["public"]),
+        ("messages private", payload["messages"]["private"]),
+        ("deliveries public", payload["deliveries"]["public"]),
+        ("deliveries private", payload["deliveries"]["private"]),
+        ("announcements", payload["announcements"]),
+        *((f"disconnects {reason}", n) for reason, n in payload["disconnects"].items()),
+    ]
+    for key, value in rows:
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+
+
+@command
+def health(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Is the server alive and ready? Exit 0 ready, 1 not ready, 3 unreachable."""
+    opts = _opts(ctx, json_out)
+    client = AdminClient(opts.url, opts.token, opts.timeout)  # no token needed
+    _, alive = client.alive()
+    status, ready = client.health()
+    if opts.json:
+        _print_json({"alive": alive.get("status") == "ok", "ready": status == 200,
+                     "status": ready.get("status")})
+    else:
+        console.print(f"alive; {'ready' if status == 200 else 'not ready'} "
+                      f"({ready.get('status', '?')})")
+    if status != 200:
+        raise typer.Exit(NOT_OK)
+
+
+@command
+def top(
+    ctx: typer.Context,
+    interval: float = typer.Option(1.0, min=0.1, help="Seconds between refreshes."),
+    iterations: int = typer.Option(
+        0, min=0, help="Stop after this many refreshes (0 = until Ctrl-C)."
+    ),
+    once: bool = typer.Option(False, "--once", help="One refresh (rates over one interval)."),
+    json_out: bool = JsonFlag,
+) -> None:
+    """A live view: users, groups, msgs/s and deliveries/s, refreshed every second."""
+    opts = _opts(ctx, json_out)
+    client = opts.client()
+    limit = 1 if once else iterations
+    try:
+        if console.is_terminal and not opts.json:
+            _top_live(client, interval, limit)
+        else:
+            _top_lines(client, interval, limit, opts.json)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one leaves top
+
+
+def _samples(client: AdminClient, interval: float, limit: int):
+    """Yield (stats, msgs/s, deliveries/s) every `interval`, rates from the server's uptime."""
+    before = client.stats()
+    count = 0
+    while not limit or count < limit:
+        time.sleep(interval)
+        now = client.stats()
+        elapsed = max(now["uptime_seconds"] - before["uptime_seconds"], 1e-6)
+        msgs = (_total(now, "messages") - _total(before, "messages")) / elapsed
+        deliveries = (_total(now, "deliveries") - _total(before, "deliveries")) / elapsed
+        yield now, msgs, deliveries
+        before = now
+        count += 1
+
+
+def _top_live(client: AdminClient, interval: float, limit: int) -> None:
+    from rich.live import Live
+
+    with Live(_top_table(client.stats(), None, None), console=console,
+              auto_refresh=False) as live:
+        for now, msgs, deliveries in _samples(client, interval, limit):
+            live.update(_top_table(now, msgs, deliveries), refresh=True)
+
+
+def _top_lines(client: AdminClient, interval: float, limit: int, as_json: bool) -> None:
+    if not as_json:
+        typer.echo(f"{'time':8}  {'users':>8}  {'groups':>7}  {'msgs/s':>10}  "
+                   f"{'deliveries/s':>13}  {'conns':>7}")
+    for now, msgs, deliveries in _samples(client, interval, limit):
+        if as_json:
+            _print_json({"time": time.time(), "users": now["users"], "groups": now["groups"],
+                         "connections": now["connections"]["active"],
+                         "messages_per_second": round(msgs, 3),
+                         "deliveries_per_second": round(deliveries, 3)})
+        else:
+            typer.echo(f"{time.strftime('%H:%M:%S')}  {now['users']:>8}  {now['groups']:>7}  "
+                       f"{msgs:>10.1f}  {deliveries:>13.1f}  "
+                       f"{now['connections']['active']:>7}")
+        sys.stdout.flush()
+
+
+def _top_table(now: dict, msgs: float | None, deliveries: float | None) -> Table:
+    table = Table(title=f"chatsrv {now['version']}, up {_duration(now['uptime_seconds'])}  "
+                        "(Ctrl-C to quit)", title_justify="left")
+    for column in ("users", "groups", "connections", "msgs/s", "deliveries/s"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{now['users']:,}", f"{now['groups']:,}",
+                  f"{now['connections']['active']:,}", _rate(msgs), _rate(deliveries))
+    return table
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _rate(value: float | None) -> str:
+    return "…" if value is None else f"{value:,.1f}"
+
+
+def _total(stats: dict, key: str) -> int:
+    return sum(stats[key].values())
+
+
+def _since(stamp: str) -> str:
+    return f"{stamp} ({_age(stamp)} ago)"
+
+
+def _age(stamp: str) -> str:
+    """How long ago a server time stamp (`YYYY-MM-DDTHH:MM:SSZ`, UTC) was."""
+    try:
+        at = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return stamp
+    return _duration(max(time.time() - at, 0))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main() -> None:
+    """The console script: usage errors and surprises become one line, never a traceback."""
+    try:
+        code = app(prog_name="chatsrv-admin", standalone_mode=False)
+    except Exception as err:
+        code = _failure(err)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _failure(err: Exception) -> int:
+    """Print one line for an exception that left the command; its exit code.
+
+    Click's exceptions are matched by shape, not class: Typer may use its own
+    vendored copy of click."""
+    kind = type(err).__name__
+    if kind == "NoArgsIsHelpError":  # the help is already printed
+        return USAGE
+    if kind == "Abort":  # Ctrl-C
+        return 130
+    if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "chatsrv-admin"
+        typer.echo(f"error: {err.format_message()} (see: {where} --help)", err=True)
+        return err.exit_code
+    typer.echo(f"error: unexpected {kind}: {err}", err=True)  # a bug, still no traceback
+    return NOT_OK

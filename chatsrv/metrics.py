@@ -1,0 +1,138 @@
+"""Prometheus metrics, read from the server's plain counters at scrape time.
+
+Nothing here runs on the per-message path. The hub and the sessions keep plain
+integers (`Hub.stats`, `Session.bytes_in`, ...) and two plain-number latency
+histograms (`histogram.Histogram`); `ChatCollector.collect` turns them into
+metric families when Prometheus scrapes. So a fan-out to N members costs one
+integer add for the deliveries, never N calls into prometheus_client, and the
+sums over sessions (send queues, bytes) are computed once per scrape.
+
+The registry is private to the server (not prometheus_client's global one), with
+the standard process (CPU, RSS, open FDs), platform and GC collectors added.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .histogram import Histogram
+
+if TYPE_CHECKING:
+    from .server import ChatServer
+
+KINDS = ("public", "private")
+DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown")
+REJECT_REASONS = ("full",)
+
+
+class ChatCollector(Collector):
+    """Every chatsrv_* metric, computed from the server's state when scraped."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator:
+        server = self.server
+        hub = server.hub
+        stats = hub.stats
+        sessions = list(server.sessions)
+
+        yield _counter("chatsrv_connections", "TCP connections accepted (TLS handshake done).",
+                       server.connections_total)
+        yield _gauge("chatsrv_connections_active",
+                     "Open client connections, those still at the username prompt included.",
+                     len(sessions))
+        yield _gauge("chatsrv_users_active", "Logged-in users.", len(hub.users))
+        yield _gauge("chatsrv_groups", "Groups that exist, General included.", len(hub.groups))
+        yield _labelled(CounterMetricFamily, "chatsrv_messages",
+                        "Messages accepted, by kind.", "kind",
+                        {"public": stats.messages_public, "private": stats.messages_private})
+        yield _labelled(CounterMetricFamily, "chatsrv_deliveries",
+                        "Message lines queued to receivers, by kind.", "kind",
+                        {"public": stats.deliveries_public,
+                         "private": stats.deliveries_private})
+        yield _labelled(CounterMetricFamily, "chatsrv_commands",
+                        "Non-blank lines after login, by command word (lower-cased) or "
+                        "'unknown'; usage errors count too.", "command", stats.commands)
+        disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
+        disconnects.update(server.disconnects)
+        yield _labelled(CounterMetricFamily, "chatsrv_disconnects",
+                        "Sessions ended, by reason.", "reason", disconnects)
+        rejected = dict.fromkeys(REJECT_REASONS, 0)
+        rejected.update(server.rejected)
+        yield _labelled(CounterMetricFamily, "chatsrv_connections_rejected",
+                        "Connections refused before the prompt, by reason.", "reason", rejected)
+        yield _counter("chatsrv_logins", "Successful logins.", stats.logins)
+        yield _counter("chatsrv_notices", "Join/leave notice lines queued to receivers.",
+                       stats.notices)
+        yield _counter("chatsrv_announcements", "Administrator announcements sent.",
+                       stats.announcements)
+        yield _gauge("chatsrv_sendq_bytes",
+                     "Bytes waiting in send queues (the kernel did not take them yet), "
+                     "summed over sessions.", sum(s.qbytes for s in sessions))
+        yield _counter("chatsrv_received_bytes", "Bytes read from clients.",
+                       server.closed_bytes_in + sum(s.bytes_in for s in sessions))
+        yield _counter("chatsrv_sent_bytes", "Bytes written to clients.",
+                       server.closed_bytes_out + sum(s.bytes_out for s in sessions))
+        yield _histogram("chatsrv_fanout_seconds",
+                         "Time from parsing a public message to its last enqueue.", stats.fanout)
+        yield _histogram("chatsrv_login_seconds",
+                         "Time to handle a username line that logs in (checks, "
+                         "registration, joining General with its notices).", stats.login)
+        yield _gauge("chatsrv_start_time_seconds", "Start time of the server, Unix seconds.",
+                     server.started_at)
+        yield _gauge("chatsrv_uptime_seconds", "Seconds since the server started.",
+                     time.time() - server.started_at)
+        yield _gauge("chatsrv_shutting_down", "1 once shutdown has begun.",
+                     1 if server.stopping else 0)
+        yield _gauge("chatsrv_max_clients", "The --max-clients limit.",
+                     server.config.max_clients)
+        info = InfoMetricFamily("chatsrv_build", "chatsrv version and wire protocol version.")
+        info.add_metric([], {"version": __version__, "protocol": "1"})
+        yield info
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _labelled(family, name: str, doc: str, label: str, values: dict[str, int]):
+    metric = family(name, doc, labels=[label])
+    for key, value in values.items():
+        metric.add_metric([key], value)
+    return metric
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=hist.cumulative(), sum_value=hist.sum)
+
+
+def make_registry(server: ChatServer) -> CollectorRegistry:
+    """The server's own registry: chatsrv_* plus process, platform and GC metrics."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ChatCollector(server))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
