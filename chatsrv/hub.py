@@ -7,13 +7,24 @@ once per loop turn and moves the bytes. Unit tests read the queues directly.
 Hot path (`public`): the delivery line is encoded once and the same bytes
 object is appended to every member's queue through cached bound `append`
 methods; counters are plain integer adds, exported in bulk by `metrics`.
+
+Durability (see `chatsrv.store`): the hub records what must be persisted and
+the transport hands it to the store, the same way it drains `dirty`:
+- `journal`: groups with history entries not yet written (`Group.unsaved`
+  counts them; the entries themselves are the newest ones of the group's
+  history ring, so a public message costs one integer add, no allocation);
+- `uncommitted`: groups a `create` reserved; they become visible, and their
+  creator hears `ok: created group`, only when `group_committed` says the store
+  has them. Without a durable store (`durable=False`) both stay unused and
+  `create` answers at once.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 from . import protocol as P
 from .protocol import ProtocolError
@@ -41,8 +52,14 @@ class User:
         return f"User({self.name!r})"
 
 
+Entry = tuple[float, str, str]
+"""A history entry: (UTC time in seconds, sender as logged in, message text)."""
+
+
 class Group:
-    __slots__ = ("name", "key", "members", "created_by", "created_at", "history", "_pushes")
+    __slots__ = (
+        "name", "key", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
+    )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
         self.name = name
@@ -50,7 +67,8 @@ class Group:
         self.members: dict[str, User] = {}
         self.created_by = created_by
         self.created_at = created_at
-        self.history: deque[tuple[float, str, str]] = deque(maxlen=history)
+        self.history: deque[Entry] = deque(maxlen=history)
+        self.unsaved = 0  # newest history entries not yet handed to the store
         self._pushes: list | None = None
 
     def add(self, user: User) -> None:
@@ -97,13 +115,19 @@ class Hub:
         clock: Callable[[], float],
         history: int = 1000,
         notice_limit: int = 1000,
+        durable: bool = False,
     ) -> None:
         self.clock = clock
         self.history_size = history
         self.notice_limit = notice_limit
+        self.durable = durable
         self.users: dict[str, User] = {}
         self.groups: dict[str, Group] = {}
         self.dirty: set[User] = set()
+        # What the transport must persist (only with a durable store).
+        self.journal: list[Group] | None = [] if durable and history else None
+        self.uncommitted: list[tuple[User | None, Group]] = []
+        self.reserved: dict[str, Group] = {}  # created, awaiting commit, not visible yet
         self.stats = Stats()
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
         self.add_group(GENERAL, created_by="")
@@ -141,6 +165,69 @@ class Hub:
         group = Group(name, created_by, self.clock(), self.history_size)
         self.groups[group.key] = group
         return group
+
+    def reserve_group(self, name: str, created_by: str) -> Group:
+        """Validate a new group name and hold it until the store commits the group.
+
+        Raises ProtocolError with the `create` errors of PROTOCOL.md."""
+        name = P.normalize(name)
+        problem = P.name_problem(name)
+        if problem is not None:
+            raise ProtocolError(f"error: invalid group name: {problem}")
+        key = P.name_key(name)
+        existing = self.groups.get(key) or self.reserved.get(key)
+        if existing is not None:
+            raise ProtocolError(f"error: group already exists: {existing.name}")
+        group = Group(name, created_by, self.clock(), self.history_size)
+        self.reserved[key] = group
+        return group
+
+    def group_committed(self, group: Group, creator: User | None) -> None:
+        """The store has `group`: it exists from now on, and its creator hears so."""
+        del self.reserved[group.key]
+        self.groups[group.key] = group
+        if creator is not None and self.users.get(creator.key) is creator:
+            self.reply(creator, P.created(group.name))
+
+    def group_not_committed(self, group: Group, creator: User | None) -> None:
+        """The store failed: the name is free again and the creator is told."""
+        del self.reserved[group.key]
+        if creator is not None and self.users.get(creator.key) is creator:
+            self.reply(creator, P.storage_failed(group.name))
+
+    def restore_group(
+        self, name: str, created_by: str, created_at: float, entries: Iterable[Entry]
+    ) -> Group:
+        """Put back a group the store kept (General included) with its recent history."""
+        group = self.groups.get(P.name_key(name))
+        if group is None:
+            group = self.add_group(name, created_by)
+        group.created_by = created_by
+        group.created_at = created_at
+        group.history.extend(entries)
+        return group
+
+    def take_unsaved(self) -> list[tuple[Group, list[Entry]]]:
+        """The history entries not yet persisted, per group, oldest first; forgets them.
+
+        Entries that already fell out of the ring are not returned: the store
+        keeps the same last `--history` messages and would drop them anyway."""
+        groups, self.journal = self.journal, []
+        batch = []
+        for group in groups or ():
+            ring = group.history
+            n = min(group.unsaved, len(ring))
+            group.unsaved = 0
+            if n:
+                batch.append((group, list(islice(ring, len(ring) - n, None))))
+        return batch
+
+    def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None:
+        """A write failed: mark its entries unsaved so the next flush retries them."""
+        for group, entries in batch:
+            if not group.unsaved:
+                self.journal.append(group)
+            group.unsaved += len(entries)
 
     def find_group(self, name: str) -> Group:
         group = self.groups.get(P.name_key(P.normalize(name)))
@@ -223,16 +310,14 @@ class Hub:
         self.stats.commands[key] += 1
 
     # create <group>
+    # With a durable store the reply waits for the commit: the transport drains
+    # `uncommitted` right after this call and answers through `group_committed`.
     def handle_create(self, user: User, args: tuple[str, ...]) -> None:
-        name = P.normalize(args[0])
-        problem = P.name_problem(name)
-        if problem is not None:
-            raise ProtocolError(f"error: invalid group name: {problem}")
-        existing = self.groups.get(P.name_key(name))
-        if existing is not None:
-            raise ProtocolError(f"error: group already exists: {existing.name}")
-        self.add_group(name, created_by=user.name)
-        self.reply(user, f"ok: created group {name}")
+        group = self.reserve_group(args[0], created_by=user.name)
+        if self.durable:
+            self.uncommitted.append((user, group))
+        else:
+            self.group_committed(group, user)
 
     # join <group>
     def handle_join(self, user: User, args: tuple[str, ...]) -> None:
@@ -268,6 +353,11 @@ class Hub:
         stats.deliveries_public += self.fanout(group, data, user)
         if self.history_size:
             group.history.append((self.clock(), user.name, text))
+            journal = self.journal
+            if journal is not None:
+                if not group.unsaved:
+                    journal.append(group)
+                group.unsaved += 1
 
     # private <user> <message>
     def handle_private(self, user: User, args: tuple[str, ...]) -> None:

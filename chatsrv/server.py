@@ -24,6 +24,8 @@ from .config import Config
 from .hub import Hub
 from .ratelimit import RateLimiter
 from .session import Session
+from .store import MemoryStore, Store, open_store
+from .store.writer import StoreWriter
 from .tls import TlsChannel
 
 log = logging.getLogger("chatsrv.server")
@@ -63,9 +65,13 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class ChatServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit)
+        self.store = store if store is not None else MemoryStore()
+        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
+                       durable=self.store.durable)
+        self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
+                                  keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()
         self.graceful = GRACEFUL
         self.stopping = False
@@ -82,7 +88,20 @@ class ChatServer:
 
     # ------------------------------------------------------------ lifecycle
 
+    def load(self) -> None:
+        """Put back the groups and recent history the store kept; raises StoreError."""
+        started = time.monotonic()
+        loaded = self.store.load(self.config.history)
+        for group in loaded:
+            record = group.record
+            self.hub.restore_group(record.name, record.created_by, record.created_at,
+                                   group.history)
+        log.info("store %s: %d groups, %d history messages loaded in %.2f s",
+                 self.store.describe(), len(loaded), sum(len(g.history) for g in loaded),
+                 time.monotonic() - started)
+
     def start(self) -> None:
+        self.writer.start()
         listener = StreamServer(
             (self.config.host, self.config.port), self._handle, backlog=4096
         )
@@ -120,8 +139,22 @@ class ChatServer:
         deadline = time.monotonic() + self.config.shutdown_grace + 1.0
         while self.sessions and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        self.close_store()
         self.stopped.set()
         log.info("stopped")
+
+    def close_store(self) -> None:
+        """Write the history still unsaved, close the store and free the data directory."""
+        try:
+            self.writer.close()
+        except Exception as err:
+            log.error("closing the store failed: %s", err)
+            return
+        stats = self.writer.stats
+        if self.store.durable:
+            log.info("store closed: %d history messages in %d flushes (slowest %.1f ms), "
+                     "%d groups created, %d failed writes", stats.messages, stats.flushes,
+                     stats.max_flush_s * 1000, stats.creates, stats.failures)
 
     # ------------------------------------------------------------ connections
 
@@ -217,8 +250,14 @@ def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
     limit = raise_fd_limit()
     tune_gc()
-    server = ChatServer(config)
-    server.start()
+    store = open_store(config)
+    try:
+        server = ChatServer(config, store)
+        server.load()
+        server.start()
+    except BaseException:
+        store.close()
+        raise
     log.info("open-files limit %d: room for about %d clients (max-clients %d)",
              limit, max(limit - 64, 0), config.max_clients)
     server.install_signal_handlers()

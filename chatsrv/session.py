@@ -259,5 +259,9 @@ class Session:
                     server.schedule_flush()
                     gevent.sleep(delay)
             text = self._decode(line, max_line)
-            if text is not None and hub.handle(user, text):
+            if text is None:
+                continue
+            if hub.handle(user, text):
                 raise SessionEnd("exit")
+            if hub.uncommitted:  # a `create`: its reply waits for the store's commit
+                server.writer.commit_pending()
