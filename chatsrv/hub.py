@@ -17,6 +17,9 @@ the transport hands it to the store, the same way it drains `dirty`:
   creator hears `ok: created group`, only when `group_committed` says the store
   has them. Without a durable store (`durable=False`) both stay unused and
   `create` answers at once.
+- `blocked`: commands that named a group still awaiting its commit (a second
+  `create`, a `join`); the transport runs them again once it is settled, so
+  nobody hears "already exists" about a group that `join` cannot find yet.
 """
 
 from __future__ import annotations
@@ -103,6 +106,14 @@ class LoginRefused(Exception):
     """The name cannot be used; the text is the `error: ...` line."""
 
 
+class GroupPending(Exception):
+    """The command names a group whose creation awaits the store: decide it later."""
+
+    def __init__(self, group: Group) -> None:
+        super().__init__(group.name)
+        self.group = group
+
+
 Handler = Callable[["Hub", User, tuple[str, ...]], bool | None]
 
 
@@ -127,6 +138,7 @@ class Hub:
         # What the transport must persist (only with a durable store).
         self.journal: list[Group] | None = [] if durable and history else None
         self.uncommitted: list[tuple[User | None, Group]] = []
+        self.blocked: list[tuple[User, Group, str]] = []
         self.reserved: dict[str, Group] = {}  # created, awaiting commit, not visible yet
         self.stats = Stats()
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
@@ -175,9 +187,11 @@ class Hub:
         if problem is not None:
             raise ProtocolError(f"error: invalid group name: {problem}")
         key = P.name_key(name)
-        existing = self.groups.get(key) or self.reserved.get(key)
+        existing = self.groups.get(key)
         if existing is not None:
             raise ProtocolError(f"error: group already exists: {existing.name}")
+        if key in self.reserved:
+            raise GroupPending(self.reserved[key])
         group = Group(name, created_by, self.clock(), self.history_size)
         self.reserved[key] = group
         return group
@@ -230,8 +244,11 @@ class Hub:
             group.unsaved += len(entries)
 
     def find_group(self, name: str) -> Group:
-        group = self.groups.get(P.name_key(P.normalize(name)))
+        key = P.name_key(P.normalize(name))
+        group = self.groups.get(key)
         if group is None:
+            if key in self.reserved:
+                raise GroupPending(self.reserved[key])
             raise ProtocolError(f"error: no such group: {name}")
         return group
 
@@ -302,6 +319,10 @@ class Hub:
             return bool(HANDLERS[command.word](self, user, command.args))
         except ProtocolError as err:
             self.reply(user, str(err))
+            return False
+        except GroupPending as pending:
+            self.stats.commands[command.word] -= 1  # counted when it runs again
+            self.blocked.append((user, pending.group, line))
             return False
 
     def _count(self, line: str) -> None:

@@ -263,5 +263,5 @@ class Session:
                 continue
             if hub.handle(user, text):
                 raise SessionEnd("exit")
-            if hub.uncommitted:  # a `create`: its reply waits for the store's commit
-                server.writer.commit_pending()
+            if hub.uncommitted or hub.blocked:  # replies that wait for a group's commit
+                server.writer.settle()

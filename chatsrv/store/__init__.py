@@ -28,17 +28,20 @@ persisted and the gevent layer hands that to the store, as it does with
    what is pending never exceeds the in-memory rings, so memory stays bounded.
 
 2. Groups. `create` reserves the name in the hub (`Hub.reserved`: not
-   visible, but a second `create` of it is refused) and lists it in
-   `Hub.uncommitted` instead of replying. Right after the hub call the
-   session greenlet calls `StoreWriter.commit_pending`, which submits the
-   INSERT to the same writer thread (`synchronous=FULL` for it) and waits on
-   an event. When the commit completes, a link callback on the event loop
-   moves the group into `Hub.groups` and queues `ok: created group` (or
-   `error: group not created, storage failed: ...`), then wakes the session.
-   Only the creating session waits (its next commands are read after the
-   reply, so its replies stay in order); everyone else carries on. As the
-   writer thread runs jobs in order, a group is committed before any history
-   batch that mentions it.
+   visible yet) and lists it in `Hub.uncommitted` instead of replying. Right
+   after the hub call the session greenlet calls `StoreWriter.settle`, which
+   submits the INSERT to the same writer thread (`synchronous=FULL` for it)
+   and waits on an event. When the commit completes, a link callback on the
+   event loop moves the group into `Hub.groups` and queues `ok: created group`
+   (or `error: group not created, storage failed: ...`), then wakes the
+   session. Only the creating session waits (its next commands are read after
+   the reply, so its replies stay in order); everyone else carries on. A
+   command of another session that names the reserved group (a second
+   `create` of it, a `join`) is parked in `Hub.blocked`; that session waits
+   for the same commit and then runs the command again, so "already exists"
+   is only ever said of a group that `join` finds. As the writer thread runs
+   jobs in order, a group is committed before any history batch that
+   mentions it.
 
 3. Start-up. `open_store` takes an exclusive `flock` on
    `<data-dir>/chatsrv.lock` (a second server on the directory exits with a

@@ -8,9 +8,11 @@ result wait on it without blocking the event loop:
 - the flusher greenlet, every `--flush-ms`, takes the hub's unsaved history
   (`Hub.take_unsaved`) and waits for the writer to commit it; a failed batch is
   put back (`Hub.unsaved_again`) and retried at the next flush;
-- the session that sent `create` waits for its group's commit
-  (`commit_pending`); the hub is updated and the reply queued in a link
-  callback, so they happen even if that session is killed while waiting.
+- the session that sent `create` waits for its group's commit (`settle`);
+  the hub is updated and the reply queued in a link callback, so they happen
+  even if that session is killed while waiting. A session whose command named
+  a group still being committed waits for that commit, then runs the command
+  again.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class StoreWriter:
         self._wake = Event()
         self._closing = False
         self._flusher = None
+        self._commits: dict[str, Event] = {}  # group key -> set once its commit is decided
         self._failing_since: float | None = None
         self._failure_logged = 0.0
 
@@ -111,15 +114,25 @@ class StoreWriter:
 
     # ------------------------------------------------------------ groups
 
-    def commit_pending(self) -> None:
-        """Commit the groups `create` reserved; the calling greenlet waits, the loop does not."""
+    def settle(self) -> None:
+        """Commit the groups `create` reserved, then run again the commands that
+        named a group awaiting its commit. The calling session waits; the loop does not."""
         hub = self.hub
-        pending, hub.uncommitted = hub.uncommitted, []
-        for creator, group in pending:
-            self._commit(creator, group).wait()
+        while hub.uncommitted or hub.blocked:
+            created, hub.uncommitted = hub.uncommitted, []
+            for creator, group in created:
+                self._commit(creator, group).wait()
+            blocked, hub.blocked = hub.blocked, []
+            for user, group, line in blocked:
+                done = self._commits.get(group.key)
+                if done is not None:
+                    done.wait()
+                if hub.users.get(user.key) is user:
+                    hub.handle(user, line)  # may block again, on a newer reservation
 
     def _commit(self, creator: User | None, group: Group) -> Event:
         done = Event()
+        self._commits[group.key] = done
         record = GroupRecord(group.name, group.created_by, group.created_at)
         job = self.pool.spawn(self.store.create_group, record)
 
@@ -130,6 +143,7 @@ class StoreWriter:
             else:
                 log.error("group %s not created: the store failed: %s", group.name, job.exception)
                 self.hub.group_not_committed(group, creator)
+            del self._commits[group.key]
             self.on_reply()
             done.set()
 

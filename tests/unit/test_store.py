@@ -214,10 +214,14 @@ def test_durable_create_waits_for_the_commit(hub):
     lines(alice)
     hub.handle(alice, "create Dev")
     assert lines(alice) == [] and hub.uncommitted == [(alice, hub.reserved["dev"])]
-    hub.handle(alice, "create DEV")
-    assert lines(alice) == ["error: group already exists: Dev"]
-    hub.handle(alice, "join Dev")
-    assert lines(alice) == ["error: no such group: Dev"]  # not visible before the commit
+    hub.handle(alice, "groups")
+    assert lines(alice) == ["groups: General"]  # not visible before the commit
+    bob = hub.login("bob")
+    lines(alice)
+    hub.handle(bob, "create DEV")
+    hub.handle(bob, "join Dev")
+    assert lines(bob)[2:] == [] and [line for _, _, line in hub.blocked] == ["create DEV",
+                                                                             "join Dev"]
     (creator, group), = hub.uncommitted
     hub.uncommitted.clear()
     hub.group_committed(group, creator)
@@ -302,9 +306,9 @@ def test_writer_commits_creates_and_retries_failed_history():
     alice = hub.login("alice")
     lines(alice)
     hub.handle(alice, "create Dev")
-    writer.commit_pending()
+    writer.settle()
     hub.handle(alice, "create Broken")
-    writer.commit_pending()
+    writer.settle()
     assert lines(alice) == ["ok: created group Dev",
                             "error: group not created, storage failed: Broken"]
     assert store.groups == ["Dev"] and "broken" not in hub.reserved
@@ -318,6 +322,43 @@ def test_writer_commits_creates_and_retries_failed_history():
     assert store.written == [("General", ["a", "b"])]
 
 
+class SlowStore(MemoryStore):
+    durable = True
+
+    def create_group(self, record):
+        import time
+
+        time.sleep(0.1)  # in the writer thread: the event loop keeps running
+
+
+def test_commands_naming_a_group_being_committed_wait_for_it():
+    hub = Hub(clock=FakeClock(), history=10, durable=True)
+    writer = StoreWriter(SlowStore(), hub, flush_ms=10, keep=10)
+    alice, bob, carol = hub.login("alice"), hub.login("bob"), hub.login("carol")
+    for user in (alice, bob, carol):
+        lines(user)
+    order = []
+
+    def run(user, line):
+        hub.handle(user, line)
+        if hub.uncommitted or hub.blocked:
+            writer.settle()
+        order.append((user.name, line))
+
+    creating = gevent.spawn(run, alice, "create Dev")
+    gevent.sleep(0)  # alice's commit is in flight
+    others = [gevent.spawn(run, bob, "create dev"), gevent.spawn(run, carol, "join DEV")]
+    pinged = gevent.spawn(run, carol, "ping")  # not about Dev: answered at once
+    pinged.join()
+    assert order == [("carol", "ping")]
+    gevent.joinall([creating, *others])
+    assert lines(alice) == ["ok: created group Dev"]
+    assert lines(bob) == ["error: group already exists: Dev"]
+    assert lines(carol) == ["ok: pong", "ok: joined group Dev"]
+    assert hub.stats.commands["create"] == 2 and hub.stats.commands["join"] == 1
+    writer.close()
+
+
 def test_writer_with_sqlite_writes_everything_on_close(tmp_path):
     store = SqliteStore(tmp_path / "data")
     hub = Hub(clock=FakeClock(), history=100, durable=True)
@@ -327,7 +368,7 @@ def test_writer_with_sqlite_writes_everything_on_close(tmp_path):
     writer.start()
     alice = hub.login("alice")
     hub.handle(alice, "create Dev")
-    writer.commit_pending()
+    writer.settle()
     hub.handle(alice, "join Dev")
     for i in range(30):
         hub.handle(alice, f"public Dev m{i}")
