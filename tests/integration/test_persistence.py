@@ -266,18 +266,6 @@ def test_unwritable_data_dir(tmp_path):
     assert "Traceback" not in output
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
-def test_read_only_data_dir_for_a_normal_user(tmp_path):
-    data = tmp_path / "ro"
-    data.mkdir()
-    data.chmod(0o500)
-    try:
-        code, output = serve_fails(tmp_path, "--data-dir", str(data))
-    finally:
-        data.chmod(0o700)
-    assert code == 1 and "cannot use data directory" in output and "Traceback" not in output
-
-
 def test_garbage_database_file(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
