@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from conftest import Client
 
 from chatsrv.store.sqlite import DB_NAME, SqliteStore
