@@ -20,6 +20,7 @@ with `synchronous=FULL` (the WAL is fsynced) because its `ok` is a promise.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
+
+log = logging.getLogger("chatsrv.store")
 
 DB_NAME = "chatsrv.db"
 GENERAL = "General"
@@ -173,6 +176,7 @@ class SqliteStore(Store):
         self.lock = DirLock(self.dir).acquire()
         self.ids: dict[str, int] = {}  # group display name -> row id
         self.stored: dict[int, int] = {}  # group id -> history entries in the database
+        self.unknown: set[str] = set()  # groups whose history was refused (logged once)
         self.migrated_from = 0
         try:
             self.db = connect(self.path)
@@ -251,9 +255,14 @@ class SqliteStore(Store):
         rows = []
         for name, entries in batch:
             gid = self.ids.get(name)
-            if gid is None:
-                raise StoreError(f"history for unknown group {name!r}")
+            if gid is None:  # a bug (a group made without create_group): keep the others
+                if name not in self.unknown:
+                    self.unknown.add(name)
+                    log.error("history of group %r not kept: the store never created it", name)
+                continue
             rows.append((gid, *pack(entries)))
+        if not rows:
+            return
         db = self.db
         db.execute("BEGIN")
         try:

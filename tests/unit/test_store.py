@@ -96,9 +96,11 @@ def test_pruning_keeps_the_last_entries_and_deletes_old_chunks(tmp_path, store):
     assert store.load(10)[0].history == entries(10, start=55)
 
 
-def test_history_for_an_unknown_group_is_a_store_error(store):
-    with pytest.raises(StoreError, match="unknown group"):
-        store.append_history([("Nope", entries(1))], keep=10)
+def test_history_of_an_unknown_group_is_logged_and_does_not_block_the_others(store, caplog):
+    store.append_history([("Nope", entries(1)), ("General", entries(2))], keep=10)
+    store.append_history([("Nope", entries(1))], keep=10)
+    assert store.load(10)[0].history == entries(2)
+    assert caplog.text.count("history of group 'Nope' not kept") == 1
 
 
 def test_failed_append_leaves_nothing_half_written(tmp_path, store, monkeypatch):
