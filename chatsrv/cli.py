@@ -12,6 +12,8 @@ from pathlib import Path
 import typer
 
 from .config import Config, ConfigError
+from .store import StoreError
+from .store.commands import backup, restore
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +38,15 @@ def serve(
     ),
     data_dir: Path = typer.Option(
         Path("./chatsrv-data"), envvar=_env("data_dir"), help="Directory for durable data."
+    ),
+    store: str = typer.Option(
+        "sqlite", envvar=_env("store"),
+        help="Where groups and history are kept: sqlite (a file in --data-dir) or memory "
+        "(nothing survives a restart).",
+    ),
+    flush_ms: int = typer.Option(
+        50, envvar=_env("flush_ms"),
+        help="History is written every this many ms; a crash loses at most the last interval.",
     ),
     max_clients: int = typer.Option(
         10000, envvar=_env("max_clients"),
@@ -99,7 +110,7 @@ def serve(
     setup_logging(config.log_level, config.log_format)
     try:
         code = run_server(config)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, StoreError) as err:
         typer.echo(f"error: cannot start: {err}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
@@ -118,6 +129,10 @@ def connect(
     from .client import run
 
     raise typer.Exit(run(host, port, tls=tls, insecure=insecure))
+
+
+app.command()(backup)
+app.command()(restore)
 
 
 def main() -> None:

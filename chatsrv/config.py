@@ -23,6 +23,8 @@ class Config:
     http_host: str = "127.0.0.1"
     http_port: int = 9150
     data_dir: Path = Path("./chatsrv-data")
+    store: str = "sqlite"
+    flush_ms: int = 50
     max_clients: int = 10000
     max_line: int = 4096
     sendq: int = 1 << 20
@@ -48,6 +50,8 @@ class Config:
             (self.login_timeout > 0, "--login-timeout must be positive"),
             (self.rate_limit >= 0, "--rate-limit must be >= 0 (0 = off)"),
             (self.history >= 0, "--history must be >= 0 (0 = off)"),
+            (self.store in ("sqlite", "memory"), "--store must be sqlite or memory"),
+            (1 <= self.flush_ms <= 60_000, "--flush-ms must be 1..60000"),
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
             (self.log_format in ("text", "json"), "--log-format must be text or json"),

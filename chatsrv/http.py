@@ -35,7 +35,7 @@ from prometheus_client import make_wsgi_app
 from . import __version__
 from . import protocol as P
 from .auth import bearer_ok
-from .hub import GroupExists
+from .hub import CreateFailed, GroupExists
 from .metrics import DISCONNECT_REASONS, make_registry
 
 if TYPE_CHECKING:
@@ -194,9 +194,11 @@ class AdminAPI:
     def create_group(self, environ: dict) -> Response:
         name = _field(_body(environ), "name", required=True)
         try:
-            group = self.hub.create_group(name, created_by="")
+            group = self.server.create_group(name)
         except GroupExists as err:
             raise HTTPError(409, _text(err)) from None
+        except CreateFailed as err:
+            raise HTTPError(503, _text(err)) from None
         except P.ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))

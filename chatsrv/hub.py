@@ -7,13 +7,27 @@ once per loop turn and moves the bytes. Unit tests read the queues directly.
 Hot path (`public`): the delivery line is encoded once and the same bytes
 object is appended to every member's queue through cached bound `append`
 methods; counters are plain integer adds, exported in bulk by `metrics`.
+
+Durability (see `chatsrv.store`): the hub records what must be persisted and
+the transport hands it to the store, the same way it drains `dirty`:
+- `journal`: groups with history entries not yet written (`Group.unsaved`
+  counts them; the entries themselves are the newest ones of the group's
+  history ring, so a public message costs one integer add, no allocation);
+- `uncommitted`: groups a `create` reserved; they become visible, and their
+  creator hears `ok: created group`, only when `group_committed` says the store
+  has them. Without a durable store (`durable=False`) both stay unused and
+  `create` answers at once.
+- `blocked`: commands that named a group still awaiting its commit (a second
+  `create`, a `join`); the transport runs them again once it is settled, so
+  nobody hears "already exists" about a group that `join` cannot find yet.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from operator import attrgetter
 
 from . import protocol as P
@@ -45,9 +59,14 @@ class User:
 
 _PUSH = attrgetter("push")
 
+Entry = tuple[float, str, str]
+"""A history entry: (UTC time in seconds, sender as logged in, message text)."""
+
 
 class Group:
-    __slots__ = ("name", "key", "members", "created_by", "created_at", "history", "_pushes")
+    __slots__ = (
+        "name", "key", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
+    )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
         self.name = name
@@ -55,7 +74,8 @@ class Group:
         self.members: dict[str, User] = {}
         self.created_by = created_by
         self.created_at = created_at
-        self.history: deque[tuple[float, str, str]] = deque(maxlen=history)
+        self.history: deque[Entry] = deque(maxlen=history)
+        self.unsaved = 0  # newest history entries not yet handed to the store
         self._pushes: list | None = None
 
     def add(self, user: User) -> None:
@@ -98,8 +118,20 @@ class GroupExists(ProtocolError):
     """`create` of a name already taken (the admin API answers 409, not 400)."""
 
 
+class CreateFailed(Exception):
+    """The store could not commit a new group (the text is the `error:` line)."""
+
+
 class LoginRefused(Exception):
     """The name cannot be used; the text is the `error: ...` line."""
+
+
+class GroupPending(Exception):
+    """The command names a group whose creation awaits the store: decide it later."""
+
+    def __init__(self, group: Group) -> None:
+        super().__init__(group.name)
+        self.group = group
 
 
 Handler = Callable[["Hub", User, tuple[str, ...]], bool | None]
@@ -115,15 +147,22 @@ class Hub:
         history: int = 1000,
         notice_limit: int = 1000,
         timer: Callable[[], float] | None = None,
+        durable: bool = False,
     ) -> None:
         self.clock = clock
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
         self.notice_limit = notice_limit
+        self.durable = durable
         self.users: dict[str, User] = {}
         self.groups: dict[str, Group] = {}
         self.dirty: set[User] = set()
+        # What the transport must persist (only with a durable store).
+        self.journal: list[Group] | None = [] if durable and history else None
+        self.uncommitted: list[tuple[User | None, Group]] = []
+        self.blocked: list[tuple[User, Group, str]] = []
+        self.reserved: dict[str, Group] = {}  # created, awaiting commit, not visible yet
         self.stats = Stats()
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
         self.add_group(GENERAL, created_by="")
@@ -162,9 +201,77 @@ class Hub:
         self.groups[group.key] = group
         return group
 
-    def find_group(self, name: str) -> Group:
-        group = self.groups.get(P.name_key(P.normalize(name)))
+    def reserve_group(self, name: str, created_by: str) -> Group:
+        """Validate a new group name and hold it until the store commits the group.
+
+        Raises ProtocolError with the `create` errors of PROTOCOL.md."""
+        name = P.normalize(name)
+        problem = P.name_problem(name)
+        if problem is not None:
+            raise ProtocolError(f"error: invalid group name: {problem}")
+        key = P.name_key(name)
+        existing = self.groups.get(key)
+        if existing is not None:
+            raise GroupExists(f"error: group already exists: {existing.name}")
+        if key in self.reserved:
+            raise GroupPending(self.reserved[key])
+        group = Group(name, created_by, self.clock(), self.history_size)
+        self.reserved[key] = group
+        return group
+
+    def group_committed(self, group: Group, creator: User | None) -> None:
+        """The store has `group`: it exists from now on, and its creator hears so."""
+        del self.reserved[group.key]
+        self.groups[group.key] = group
+        if creator is not None and self.users.get(creator.key) is creator:
+            self.reply(creator, P.created(group.name))
+
+    def group_not_committed(self, group: Group, creator: User | None) -> None:
+        """The store failed: the name is free again and the creator is told."""
+        del self.reserved[group.key]
+        if creator is not None and self.users.get(creator.key) is creator:
+            self.reply(creator, P.storage_failed(group.name))
+
+    def restore_group(
+        self, name: str, created_by: str, created_at: float, entries: Iterable[Entry]
+    ) -> Group:
+        """Put back a group the store kept (General included) with its recent history."""
+        group = self.groups.get(P.name_key(name))
         if group is None:
+            group = self.add_group(name, created_by)
+        group.created_by = created_by
+        group.created_at = created_at
+        group.history.extend(entries)
+        return group
+
+    def take_unsaved(self) -> list[tuple[Group, list[Entry]]]:
+        """The history entries not yet persisted, per group, oldest first; forgets them.
+
+        Entries that already fell out of the ring are not returned: the store
+        keeps the same last `--history` messages and would drop them anyway."""
+        groups, self.journal = self.journal, []
+        batch = []
+        for group in groups or ():
+            ring = group.history
+            n = min(group.unsaved, len(ring))
+            group.unsaved = 0
+            if n:
+                batch.append((group, list(islice(ring, len(ring) - n, None))))
+        return batch
+
+    def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None:
+        """A write failed: mark its entries unsaved so the next flush retries them."""
+        for group, entries in batch:
+            if not group.unsaved:
+                self.journal.append(group)
+            group.unsaved += len(entries)
+
+    def find_group(self, name: str) -> Group:
+        key = P.name_key(P.normalize(name))
+        group = self.groups.get(key)
+        if group is None:
+            if key in self.reserved:
+                raise GroupPending(self.reserved[key])
             raise ProtocolError(f"error: no such group: {name}")
         return group
 
@@ -242,6 +349,10 @@ class Hub:
         except ProtocolError as err:
             self.reply(user, str(err))
             return False
+        except GroupPending as pending:
+            self.stats.commands[word] -= 1  # counted when it runs again
+            self.blocked.append((user, pending.group, line))
+            return False
         if word == "public" and timer is not None:
             self.stats.fanout.observe(timer() - started)
         return bool(done)
@@ -251,21 +362,15 @@ class Hub:
         key = word if word in self.stats.commands else "unknown"
         self.stats.commands[key] += 1
 
-    def create_group(self, name: str, created_by: str) -> Group:
-        """A new group from a user's or an administrator's request; raises ProtocolError."""
-        name = P.normalize(name)
-        problem = P.name_problem(name)
-        if problem is not None:
-            raise ProtocolError(f"error: invalid group name: {problem}")
-        existing = self.groups.get(P.name_key(name))
-        if existing is not None:
-            raise GroupExists(f"error: group already exists: {existing.name}")
-        return self.add_group(name, created_by=created_by)
-
     # create <group>
+    # With a durable store the reply waits for the commit: the transport drains
+    # `uncommitted` right after this call and answers through `group_committed`.
     def handle_create(self, user: User, args: tuple[str, ...]) -> None:
-        group = self.create_group(args[0], created_by=user.name)
-        self.reply(user, f"ok: created group {group.name}")
+        group = self.reserve_group(args[0], created_by=user.name)
+        if self.durable:
+            self.uncommitted.append((user, group))
+        else:
+            self.group_committed(group, user)
 
     # join <group>
     def handle_join(self, user: User, args: tuple[str, ...]) -> None:
@@ -301,6 +406,11 @@ class Hub:
         stats.deliveries_public += self.fanout(group, data, user)
         if self.history_size:
             group.history.append((self.clock(), user.name, text))
+            journal = self.journal
+            if journal is not None:
+                if not group.unsaved:
+                    journal.append(group)
+                group.unsaved += 1
 
     # private <user> <message>
     def handle_private(self, user: User, args: tuple[str, ...]) -> None:

@@ -177,6 +177,15 @@ def welcome(user: str) -> str:
     return f"connected! welcome {user}"
 
 
+def created(group: str) -> str:
+    return f"ok: created group {group}"
+
+
+def storage_failed(group: str) -> str:
+    """The store could not commit a new group (disk full, I/O error): nothing was created."""
+    return f"error: group not created, storage failed: {group}"
+
+
 def you_joined(group: str) -> str:
     return f"you joined the group {group}"
 

@@ -23,9 +23,11 @@ from . import protocol as P
 from .auth import load_or_create_token
 from .config import Config
 from .http import AdminHTTP
-from .hub import Hub
+from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub
 from .ratelimit import RateLimiter
 from .session import Session
+from .store import MemoryStore, Store, open_store
+from .store.writer import StoreWriter
 from .tls import TlsChannel
 
 log = logging.getLogger("chatsrv.server")
@@ -79,11 +81,15 @@ class _Listener(StreamServer):
 
 
 class ChatServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
+        self.store = store if store is not None else MemoryStore()
         # The latency histograms are timed only when something can read them.
         self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
-                       timer=time.perf_counter if config.http_port else None)
+                       timer=time.perf_counter if config.http_port else None,
+                       durable=self.store.durable)
+        self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
+                                  keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()
         self.graceful = GRACEFUL
         self.stopping = False
@@ -104,8 +110,21 @@ class ChatServer:
 
     # ------------------------------------------------------------ lifecycle
 
+    def load(self) -> None:
+        """Put back the groups and recent history the store kept; raises StoreError."""
+        started = time.monotonic()
+        loaded = self.store.load(self.config.history)
+        for group in loaded:
+            record = group.record
+            self.hub.restore_group(record.name, record.created_by, record.created_at,
+                                   group.history)
+        log.info("store %s: %d groups, %d history messages loaded in %.2f s",
+                 self.store.describe(), len(loaded), sum(len(g.history) for g in loaded),
+                 time.monotonic() - started)
+
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
+        self.writer.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
             self.http = AdminHTTP(self, token)
@@ -147,10 +166,24 @@ class ChatServer:
         deadline = time.monotonic() + self.config.shutdown_grace + 1.0
         while self.sessions and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        self.close_store()
         if self.http is not None:  # kept until now: /readyz said 503 during the drain
             self.http.stop()
         self.stopped.set()
         log.info("stopped")
+
+    def close_store(self) -> None:
+        """Write the history still unsaved, close the store and free the data directory."""
+        try:
+            self.writer.close()
+        except Exception as err:
+            log.error("closing the store failed: %s", err)
+            return
+        stats = self.writer.stats
+        if self.store.durable:
+            log.info("store closed: %d history messages in %d flushes (slowest %.1f ms), "
+                     "%d groups created, %d failed writes", stats.messages, stats.flushes,
+                     stats.max_flush_s * 1000, stats.creates, stats.failures)
 
     # ------------------------------------------------------------ connections
 
@@ -243,6 +276,25 @@ class ChatServer:
         user = self.hub.users.get(P.name_key(P.normalize(name)))
         return user.conn if user is not None else None
 
+    def create_group(self, name: str) -> Group:
+        """An administrator's `create`: like a user's, durable before it returns.
+
+        Runs in a greenlet (an HTTP request's): it may wait for the store's
+        commit. Raises ProtocolError (bad name), GroupExists, or CreateFailed."""
+        hub = self.hub
+        try:
+            group = hub.reserve_group(name, created_by="")
+        except GroupPending as pending:  # a user's create of that name is committing
+            raise GroupExists(f"error: group already exists: {pending.group.name}") from None
+        if not hub.durable:
+            hub.group_committed(group, None)
+            return group
+        hub.uncommitted.append((None, group))
+        self.writer.settle(self.writer.take_pending())
+        if hub.groups.get(group.key) is not group:
+            raise CreateFailed(P.storage_failed(group.name))
+        return group
+
     def kick(self, name: str) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.
 
@@ -265,8 +317,14 @@ def serve(config: Config) -> int:
     limit = raise_fd_limit()
     tune_gevent()
     tune_gc()
-    server = ChatServer(config)
-    server.start()
+    store = open_store(config)
+    try:
+        server = ChatServer(config, store)
+        server.load()
+        server.start()
+    except BaseException:
+        store.close()
+        raise
     log.info("open-files limit %d: room for about %d clients (max-clients %d)",
              limit, max(limit - 64, 0), config.max_clients)
     server.install_signal_handlers()

@@ -88,7 +88,9 @@ class Session:
         self.connected_at = time.time()
         self.rest = b""  # an incomplete line carried to the next read
         self.discarding = False  # inside a too-long line whose error was already sent
-        self.paused = None  # the rate limit's timer while reading is paused
+        # While reading is paused: the rate limit's timer, or the greenlet
+        # waiting for a store commit (see _wait_for_store).
+        self.paused = None
 
     # ------------------------------------------------------------ output
 
@@ -201,8 +203,11 @@ class Session:
         # Stopping the watcher also clears its callback, so the gevent socket's
         # close finds no waiter to wake.
         self.sock._read_event.stop()
-        if self.paused is not None:
-            self.paused.close()
+        paused = self.paused
+        if isinstance(paused, gevent.Greenlet):
+            return  # a store commit in progress: it finishes, then sees `ending`
+        if paused is not None:
+            paused.close()
             self.paused = None
 
     def _close_after_flush(self, reason: str) -> None:
@@ -322,8 +327,13 @@ class Session:
                     self._pause(delay, lines[i:])
                     return
             text = self._decode(line, max_line)
-            if text is not None and hub.handle(user, text):
+            if text is None:
+                continue
+            if hub.handle(user, text):
                 self.abort("exit")
+                return
+            if hub.uncommitted or hub.blocked:  # a reply waits for a group's commit
+                self._wait_for_store(lines[i + 1:])
                 return
 
     def _pause(self, delay: float, lines: list[bytes]) -> None:
@@ -336,12 +346,31 @@ class Session:
     def _resume(self, lines: list[bytes]) -> None:
         self.paused.close()
         self.paused = None
+        self._go_on(lines, True)
+
+    def _go_on(self, lines: list[bytes], paid: bool) -> None:
         if self.ending is not None:
             return
-        self._handle_lines(lines, True)
+        self._handle_lines(lines, paid)
         if self.ending is None and self.paused is None:
             self.sock._read_event.start(self._on_readable)
         self.server.schedule_flush()
+
+    def _wait_for_store(self, lines: list[bytes]) -> None:
+        """`create` (or a command naming a group being created) answers once the
+        store has committed: stop reading and wait in a greenlet of our own, so
+        this client's replies keep their order and nobody else waits."""
+        self.sock._read_event.stop()
+        self.server.schedule_flush()
+        pending = self.server.writer.take_pending()
+        self.paused = gevent.spawn(self._settle, pending, lines)
+
+    def _settle(self, pending, lines: list[bytes]) -> None:
+        try:
+            self.server.writer.settle(pending)
+        finally:
+            self.paused = None
+        self._go_on(lines, False)
 
     # ------------------------------------------------------------ framing
 

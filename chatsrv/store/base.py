@@ -1,0 +1,60 @@
+"""The storage interface: what the server asks of a store, whatever keeps the data.
+
+Every method is blocking and is called from one thread at a time: `open` and
+`load` at start-up before the server listens, everything else from the
+writer thread of `StoreWriter` (see `writer.py`), never from the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+Entry = tuple[float, str, str]
+"""A history entry: (UTC time in seconds, sender as logged in, message text)."""
+
+
+class StoreError(Exception):
+    """The store cannot be used; `str(err)` is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group as kept: display name, creator ('' for General) and creation time."""
+
+    name: str
+    created_by: str
+    created_at: float
+
+
+@dataclass(slots=True)
+class LoadedGroup:
+    record: GroupRecord
+    history: list[Entry] = field(default_factory=list)  # oldest first
+
+
+class Store(ABC):
+    """Groups and each group's last `keep` public messages."""
+
+    kind: str = ""
+    durable: bool = False  # False: nothing survives the process; the hub skips the journal
+
+    @abstractmethod
+    def load(self, keep: int) -> list[LoadedGroup]:
+        """Every kept group with its last `keep` history entries, oldest first."""
+
+    @abstractmethod
+    def create_group(self, record: GroupRecord) -> None:
+        """Commit a new group; returns only once it is durable."""
+
+    @abstractmethod
+    def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
+        """Append entries (group display name, entries oldest first) in one
+        transaction; then drop all but each touched group's last `keep` entries."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish writing and release the data directory."""
+
+    def describe(self) -> str:
+        return self.kind
