@@ -302,3 +302,21 @@ def _quote(text: str) -> str:
     from urllib.parse import quote
 
     return quote(text, safe="")
+
+
+def test_a_group_created_by_the_api_is_durable_and_races_a_user(make_http_server, login):
+    # The API's create goes through the store like a user's: committed before
+    # 201, visible to users at once, and there after a restart.
+    server = make_http_server(rate_limit=0)
+    alice = login(server, "alice")
+    assert server.api.call("POST", API + "/groups", {"name": "Ops"})[0] == 201
+    assert alice.request("join ops") == "ok: joined group Ops"
+    # A user's pending create and the API's create of the same name: one wins.
+    alice.send("create Race")
+    status, _ = server.api.call("POST", API + "/groups", {"name": "race"})
+    assert alice.read_line() == "ok: created group Race"
+    assert status == 409
+    assert server.stop(signal.SIGTERM) == 0
+    again = make_http_server(rate_limit=0)
+    status, groups = again.api.call("GET", API + "/groups")
+    assert sorted(g["name"] for g in groups["groups"]) == ["General", "Ops", "Race"]
