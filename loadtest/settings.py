@@ -76,6 +76,27 @@ SETTINGS = (
         "seconds to wait for a command's reply before failing it",
     ),
     Setting(
+        "--shape-users",
+        "LOADTEST_SHAPE_USERS",
+        int,
+        200,
+        "shape.py only: users to ramp up to (all scenarios, equal weights)",
+    ),
+    Setting(
+        "--shape-spawn-rate",
+        "LOADTEST_SHAPE_SPAWN_RATE",
+        float,
+        10.0,
+        "shape.py only: users started per second during the ramp",
+    ),
+    Setting(
+        "--shape-hold",
+        "LOADTEST_SHAPE_HOLD",
+        float,
+        300.0,
+        "shape.py only: seconds to hold the target after the ramp, then stop (0 = until stopped)",
+    ),
+    Setting(
         "--group-prefix",
         "LOADTEST_GROUP_PREFIX",
         str,
