@@ -107,10 +107,20 @@ SETTINGS = (
 
 
 def add_arguments(parser) -> None:
-    """Register every setting on Locust's configargparse parser."""
-    group = parser.add_argument_group("chatsrv scenarios")
+    """Register every setting on Locust's configargparse parser.
+
+    On the parser itself, not an argument group: only Locust's own add_argument
+    marks an option for the web UI's form (a group's is plain argparse).
+    """
     for s in SETTINGS:
-        group.add_argument(s.flag, type=s.type, env_var=s.env, default=s.default, help=s.help)
+        parser.add_argument(
+            s.flag,
+            type=s.type,
+            env_var=s.env,
+            default=s.default,
+            help=f"chatsrv: {s.help} [env {s.env}, default {s.default}]",
+            include_in_web_ui=True,
+        )
 
 
 def get(parsed_options, dest: str) -> Any:
