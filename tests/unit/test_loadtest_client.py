@@ -354,3 +354,13 @@ def test_every_setting_has_a_flag_an_env_var_and_help():
     for s in settings.SETTINGS:
         assert s.flag.startswith("--") and s.env.startswith("LOADTEST_") and s.help
         assert isinstance(s.default, s.type)
+
+
+def test_docs_list_every_setting():
+    from pathlib import Path
+
+    from loadtest import settings
+
+    doc = (Path(__file__).parents[2] / "docs" / "loadtesting.md").read_text()
+    for s in settings.SETTINGS:
+        assert f"`{s.flag} " in doc and f"`{s.env}`" in doc, s.flag
