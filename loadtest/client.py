@@ -93,6 +93,9 @@ class ChatClient:
         self._sock: socket.socket | None = None
         self._reader: gevent.Greenlet | None = None
         self._replies: Queue = Queue()
+        # True while a command (or the connect) waits for its reply: any other reply-kind
+        # line is unsolicited, and is reported as it arrives, not at the next command.
+        self._waiting = False
 
     # --- session lifecycle -------------------------------------------------
     def connect(self) -> bool:
@@ -104,8 +107,10 @@ class ChatClient:
             self.fire("connect", _ms_since(start), 0, f"connect failed: {e.strerror or e}")
             return False
         self.alive = True
+        self._waiting = True
         self._reader = gevent.spawn(self._read_loop)
         line = self._next_reply()
+        self._waiting = False
         if line is None or line.kind is not Kind.PROMPT:
             got = "no prompt" if line is None else line.raw
             self.fire("connect", _ms_since(start), 0, f"expected the username prompt, got: {got}")
@@ -164,9 +169,14 @@ class ChatClient:
             reader.kill(block=False)
 
     def send_quietly(self, line: str) -> None:
-        """Write a line and expect nothing back (e.g. `exit` while stopping)."""
+        """Write a line and report nothing from now on (`exit` while stopping).
+
+        The session is being abandoned: whatever the server still sends (the reply
+        to a command the stop interrupted, `ok: bye`) is nobody's failure.
+        """
+        self._closing = self._closed = True
         try:
-            if self._sock is not None and self.alive:
+            if self._sock is not None:
                 self._sock.sendall((line + "\n").encode())
         except OSError:
             pass
@@ -198,14 +208,23 @@ class ChatClient:
         self._report_stale()
         start = time.perf_counter()
         wire = f"{line}\nping\n" if fence else f"{line}\n"
+        self._waiting = True
         try:
             self._sock.sendall(wire.encode())
         except OSError as e:
+            self._waiting = False
             self._lost(name, start, f"send failed: {e.strerror or e}")
             return None
         if fence:
             done = ok_with("pong")
-        return self._await_reply(name, start, done, fence, accept_error, partial)
+        try:
+            reply = self._await_reply(name, start, done, fence, accept_error, partial)
+        finally:
+            self._waiting = False
+        # Not in the finally: when Locust kills the user mid-wait (the test is over),
+        # its reply may sit in the queue already, and that is no failure.
+        self._report_stale()  # lines that arrived behind the reply, still queued
+        return reply
 
     def _await_reply(self, name, start, done, fence, accept_error, partial) -> Line | None:
         error: Line | None = None
@@ -220,6 +239,11 @@ class ChatClient:
                 error = reply
                 if not fence:
                     break
+            elif reply.kind is Kind.ERROR:
+                # One command, one error at most: a second one means the server answered
+                # something we did not send, or answered twice.
+                self.fire(name, _ms_since(start), length, f"second error: {generic(reply.raw)}")
+                return None
             elif done(reply):
                 break
             elif not fence and not (partial and partial(reply)):
@@ -278,17 +302,23 @@ class ChatClient:
             self._replies.put(_CLOSED)
 
     def _route(self, line: Line, now: float, nbytes: int) -> None:
+        if self._closed:
+            return  # abandoned (see send_quietly): the reader is only draining
         if line.kind in (Kind.PUBLIC, Kind.PRIVATE):
             self.on_delivery(line, now, nbytes)
         elif line.kind is Kind.NOTICE:
             self._notice(line)
         elif line.kind is Kind.UNKNOWN:
             self.fire("parse", 0.0, nbytes, f"unparseable line: {generic(line.raw)[:80]}")
-        else:
+        elif self._waiting:
             self._replies.put(line)
+        else:
+            self.fire("unexpected", 0.0, nbytes, f"unsolicited line: {generic(line.raw)}")
 
     def _notice(self, line: Line) -> None:
         # Join/leave notices and announcements are expected background noise; being
-        # kicked or the server shutting down mid-test is not.
+        # kicked or the server shutting down mid-test is not. The close that follows
+        # is part of the same failure, so it is not reported again.
         if line.notice in (Notice.KICKED, Notice.SHUTDOWN):
+            self._closing = True
             self.fire("connection", 0.0, 0, generic(line.raw))

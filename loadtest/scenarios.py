@@ -1,11 +1,13 @@
-"""Locust users for chatsrv: one class per scenario. Also a locustfile on its own.
+"""Locust users for chatsrv: one class per scenario, each task tagged with the scenario name.
 
-    locust -f loadtest/scenarios.py ChattyUser --host tcp://127.0.0.1:50000
+    locust -f loadtest/locustfile.py ChattyUser --host tcp://127.0.0.1:50000
+    locust -f loadtest/locustfile.py --tags chatty churn --host tcp://127.0.0.1:50000
 
-ChattyUser   joins --chat-join of --chat-groups groups, posts --chat-rate msg/s
-PrivateUser  paired with another PrivateUser, sends --private-rate msg/s to it
-LurkerUser   joins --chat-join groups, then only reads
-ChurnUser    connect, login, groups, join, one post, exit; pause; repeat
+class        tag      what each user does
+ChattyUser   chatty   joins --chat-join of --chat-groups groups, posts --chat-rate msg/s
+PrivateUser  private  paired with another PrivateUser, sends --private-rate msg/s to it
+LurkerUser   lurkers  joins --chat-join groups, then only reads
+ChurnUser    churn    connect, login, groups, join, one post, exit; pause; repeat
 
 Every delivery a user receives fires `deliver public` / `deliver private` with
 the end-to-end latency; see docs/loadtesting.md for how failures are decided.
@@ -23,7 +25,7 @@ import time
 import uuid
 
 import gevent
-from locust import User, constant, events, task
+from locust import User, constant, events, tag, task
 
 # Run as a locustfile itself, this file must still find the loadtest package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +99,32 @@ def _add_arguments(parser) -> None:
     settings.add_arguments(parser)
 
 
+@events.init.add_listener
+def _select_by_tags(environment, **_kw) -> None:
+    """With --tags/--exclude-tags, run only the scenarios that keep a task.
+
+    Locust filters tasks by tag but keeps user classes left without any, and those
+    fail when spawned; dropping them here makes a tag select whole scenarios.
+    """
+    opts = environment.parsed_options
+    tags = set(getattr(opts, "tags", None) or ())
+    excluded = set(getattr(opts, "exclude_tags", None) or ())
+    if not (tags or excluded):
+        return
+    keep = [u for u in environment.user_classes if _has_task(u, tags, excluded)]
+    if not keep:
+        raise SystemExit(f"no scenario left by --tags {sorted(tags)} --exclude-tags {sorted(excluded)}")
+    environment.user_classes[:] = keep  # the runner reads this very list
+
+
+def _has_task(user_class, tags: set[str], excluded: set[str]) -> bool:
+    for t in user_class.tasks:
+        names = getattr(t, "locust_tag_set", set())
+        if (not tags or names & tags) and not names & excluded:
+            return True
+    return False
+
+
 @events.test_start.add_listener
 def _on_test_start(environment, **_kw) -> None:
     shared.reset()
@@ -123,18 +151,35 @@ class ChatUser(User):
         self.checker = SequenceChecker()
         self.seq: dict[tuple[str, str], int] = {}
         self.joined: list[str] = []
+        self._next_at = 0.0  # monotonic time the next task should start (see paced())
 
     def opt(self, dest: str):
         return settings.get(self.environment.parsed_options, dest)
 
-    def wait_time(self) -> float:
+    def mean_interval(self) -> float:
+        """Mean seconds between this user's tasks (spreads the first one, too)."""
         return 1.0
+
+    def wait_time(self) -> float:
+        return self.paced(self.mean_interval())
+
+    def paced(self, mean_interval: float) -> float:
+        """Wait so that tasks *start* every `mean_interval` s on average (jittered).
+
+        A plain wait after each task would add the task's own round trip to every
+        interval, so a slower server would be offered less load than configured.
+        A user that falls behind starts at once but does not burst to catch up.
+        """
+        now = time.monotonic()
+        base = self._next_at or now  # the first task just ran: pace from here
+        self._next_at = max(now, base + _jittered(mean_interval))
+        return self._next_at - now
 
     # --- session ------------------------------------------------------------
     def on_start(self) -> None:
         shared.start(self.environment)
         # Spread first actions so users spawned together don't fire in lockstep.
-        gevent.sleep(random.uniform(0, self.wait_time()))
+        gevent.sleep(random.uniform(0, self.mean_interval()))
         self.ensure_session()
 
     def on_stop(self) -> None:
@@ -147,16 +192,13 @@ class ChatUser(User):
         self.drop_session(polite=False)
         host, port = parse_host(self.host)
         chat = ChatClient(host, port, self.fire, self.on_delivery, self.opt("reply_timeout"))
-        if not chat.connect():
+        # Held from the start, so a stop that lands mid-login still closes it (on_stop).
+        self.chat, self.name = chat, shared.new_name(self.role)
+        self.checker, self.seq, self.joined = SequenceChecker(), {}, []
+        if not (chat.connect() and chat.login(self.name)):
+            self.drop_session(polite=False)
             gevent.sleep(1.0)  # don't hammer a server that refuses us
             return False
-        name = shared.new_name(self.role)
-        if not chat.login(name):
-            chat.close()
-            gevent.sleep(1.0)
-            return False
-        self.chat, self.name = chat, name
-        self.checker, self.seq, self.joined = SequenceChecker(), {}, []
         return self.setup()
 
     def setup(self) -> bool:
@@ -171,11 +213,13 @@ class ChatUser(User):
         shared.groups.remove_user(self.name)
         shared.pending.forget_receiver(self.name)
         shared.pairs.leave(self.name)
-        if polite and chat.alive:
-            chat.exit()
-        else:
-            chat.send_quietly("exit")  # frees the name at once instead of at EOF detection
-            chat.close()
+        try:
+            if polite and chat.alive:
+                chat.exit()
+            else:
+                chat.send_quietly("exit")  # frees the name at once instead of at EOF detection
+        finally:
+            chat.close()  # also when the stop kills us while `exit` waits for `ok: bye`
 
     # --- commands -----------------------------------------------------------
     def list_groups(self) -> tuple[str, ...]:
@@ -256,13 +300,14 @@ class ChattyUser(ChatUser):
 
     role = "c"
 
-    def wait_time(self) -> float:
-        return _jittered(1.0 / max(self.opt("chat_rate"), 1e-3))
+    def mean_interval(self) -> float:
+        return 1.0 / max(self.opt("chat_rate"), 1e-3)
 
     def setup(self) -> bool:
         self.list_groups()
         return self.join_some()
 
+    @tag("chatty")
     @task
     def chat_public(self) -> None:
         if self.ensure_session() and self.joined:
@@ -274,9 +319,10 @@ class PrivateUser(ChatUser):
 
     role = "p"
 
-    def wait_time(self) -> float:
-        return _jittered(1.0 / max(self.opt("private_rate"), 1e-3))
+    def mean_interval(self) -> float:
+        return 1.0 / max(self.opt("private_rate"), 1e-3)
 
+    @tag("private")
     @task
     def chat_private(self) -> None:
         if self.ensure_session():
@@ -288,11 +334,15 @@ class LurkerUser(ChatUser):
     """Connected and reading; its only traffic is the deliveries it measures."""
 
     role = "l"
-    wait_time = constant(2.0)
+    wait_time = constant(2.0)  # the task only checks the session is still alive
+
+    def mean_interval(self) -> float:
+        return 2.0
 
     def setup(self) -> bool:
         return self.join_some()
 
+    @tag("lurkers")
     @task
     def lurk(self) -> None:
         self.ensure_session()  # only reconnects after a failure
@@ -303,13 +353,17 @@ class ChurnUser(ChatUser):
 
     role = "x"
 
+    def mean_interval(self) -> float:
+        return self.opt("churn_pause")
+
     def wait_time(self) -> float:
-        return _jittered(self.opt("churn_pause"))
+        return _jittered(self.mean_interval())  # a pause between sessions, not a pace
 
     def on_start(self) -> None:
         shared.start(self.environment)
-        gevent.sleep(random.uniform(0, self.wait_time()))
+        gevent.sleep(random.uniform(0, self.mean_interval()))
 
+    @tag("churn")
     @task
     def session(self) -> None:
         if not self.ensure_session():

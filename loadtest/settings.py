@@ -76,6 +76,27 @@ SETTINGS = (
         "seconds to wait for a command's reply before failing it",
     ),
     Setting(
+        "--shape-users",
+        "LOADTEST_SHAPE_USERS",
+        int,
+        200,
+        "shape.py only: users to ramp up to (all scenarios, equal weights)",
+    ),
+    Setting(
+        "--shape-spawn-rate",
+        "LOADTEST_SHAPE_SPAWN_RATE",
+        float,
+        10.0,
+        "shape.py only: users started per second during the ramp",
+    ),
+    Setting(
+        "--shape-hold",
+        "LOADTEST_SHAPE_HOLD",
+        float,
+        300.0,
+        "shape.py only: seconds to hold the target after the ramp, then stop (0 = until stopped)",
+    ),
+    Setting(
         "--group-prefix",
         "LOADTEST_GROUP_PREFIX",
         str,
@@ -86,10 +107,20 @@ SETTINGS = (
 
 
 def add_arguments(parser) -> None:
-    """Register every setting on Locust's configargparse parser."""
-    group = parser.add_argument_group("chatsrv scenarios")
+    """Register every setting on Locust's configargparse parser.
+
+    On the parser itself, not an argument group: only Locust's own add_argument
+    marks an option for the web UI's form (a group's is plain argparse).
+    """
     for s in SETTINGS:
-        group.add_argument(s.flag, type=s.type, env_var=s.env, default=s.default, help=s.help)
+        parser.add_argument(
+            s.flag,
+            type=s.type,
+            env_var=s.env,
+            default=s.default,
+            help=f"chatsrv: {s.help} [env {s.env}, default {s.default}]",
+            include_in_web_ui=True,
+        )
 
 
 def get(parsed_options, dest: str) -> Any:

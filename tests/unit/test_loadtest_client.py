@@ -331,3 +331,36 @@ def test_pairs_form_and_reform():
     assert pairs.is_gone("b") and not pairs.is_gone("a")
     assert pairs.partner("a") == "c"
     assert pairs.partner("c") == "a"
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_precedence(monkeypatch):
+    from types import SimpleNamespace
+
+    from loadtest import settings
+
+    monkeypatch.delenv("LOADTEST_CHAT_RATE", raising=False)
+    assert settings.get(None, "chat_rate") == 1.0  # the default
+    monkeypatch.setenv("LOADTEST_CHAT_RATE", "2.5")
+    assert settings.get(None, "chat_rate") == 2.5  # env var, typed
+    assert settings.get(SimpleNamespace(chat_rate=4.0), "chat_rate") == 4.0  # command line
+
+
+def test_every_setting_has_a_flag_an_env_var_and_help():
+    from loadtest import settings
+
+    for s in settings.SETTINGS:
+        assert s.flag.startswith("--") and s.env.startswith("LOADTEST_") and s.help
+        assert isinstance(s.default, s.type)
+
+
+def test_docs_list_every_setting():
+    from pathlib import Path
+
+    from loadtest import settings
+
+    doc = (Path(__file__).parents[2] / "docs" / "loadtesting.md").read_text()
+    for s in settings.SETTINGS:
+        assert f"`{s.flag} " in doc and f"`{s.env}`" in doc, s.flag
