@@ -266,9 +266,11 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None
             chunk = os.read(sys.stdin.fileno(), STDIN_CHUNK)
         except OSError:
             chunk = b""
+        put = queue.put(chunk or None)
         try:  # a bounded queue, so a huge or endless stdin cannot fill memory
-            asyncio.run_coroutine_threadsafe(queue.put(chunk or None), loop).result()
+            asyncio.run_coroutine_threadsafe(put, loop).result()
         except Exception:  # loop closed or put cancelled: the session is over
+            put.close()  # never scheduled: no "coroutine was never awaited" on stderr
             return
         if not chunk:
             return
