@@ -84,6 +84,7 @@ class ChatCollector(Collector):
         yield _gauge("chatsrv_connections_unauthenticated",
                      "Open connections not logged in yet (capped by --max-unauth).",
                      server.unauth)
+        server.limits.purge()  # so the gauge shows no entry that is already due to go
         yield _gauge("chatsrv_limited_addresses",
                      "Client addresses with per-address limit state (open connections, "
                      "or a connect-rate bucket still refilling).", len(server.limits.entries))
