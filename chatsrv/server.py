@@ -100,10 +100,15 @@ class _Listener(StreamServer):
     def __init__(self, address, handle, admit, **kw) -> None:
         super().__init__(address, handle, **kw)
         self._admit = admit
+        self._refusals = 0  # in this accept callback
+
+    def _do_read(self) -> None:
+        self._refusals = 0
+        super()._do_read()
 
     def do_read(self):
         listening = self.socket
-        for _ in range(REFUSE_BATCH):
+        while self._refusals < REFUSE_BATCH:
             try:
                 fd, address = listening._accept()
             except BlockingIOError:
@@ -117,6 +122,7 @@ class _Listener(StreamServer):
                 sock = socket.socket(listening.family, listening.type, listening.proto,
                                      fileno=fd)
                 return sock, address, key
+            self._refusals += 1
             _refuse_fd(fd, listening.family, line)
         return None
 
