@@ -54,6 +54,8 @@ POST_EVERY_S = 0.25
 MAX_PER_IP = 10
 LOGIN_TIMEOUT = 3
 RSS_LIMIT = 0.10
+# SOAK_STORE=memory takes SQLite's page cache (it grows to 2 MiB as the file does) out
+# of the RSS figures.
 GROUP = "soak"
 CLIENT_ADDR = "127.0.0.1"
 FLOOD_ADDR = "127.0.0.9"
@@ -252,7 +254,7 @@ class Server:
         args = [sys.executable, "-m", "chatsrv", "serve", "--port", "0",
                 "--http-port", str(port), "--data-dir", os.path.join(self.dir, "data"),
                 "--login-timeout", str(LOGIN_TIMEOUT), "--exempt", f"{CLIENT_ADDR}/32",
-                "--max-per-ip", str(MAX_PER_IP)]
+                "--max-per-ip", str(MAX_PER_IP), "--store", os.environ.get("SOAK_STORE", "sqlite")]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
