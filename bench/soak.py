@@ -377,6 +377,7 @@ def run(server: Server) -> int:
     rejected = {r: server.metric("chatsrv_connections_rejected_total", reason=r)
                 for r in ("per_ip", "rate", "unauth", "full")}
     timeouts = server.metric("chatsrv_disconnects_total", reason="timeout")
+    full_gcs = server.metric("python_gc_collections_total", generation="2")
     for s in steadies:
         s.leaving = True
         s.conn.send("exit")
@@ -412,6 +413,8 @@ def run(server: Server) -> int:
     print(f"  RSS at {warmup:.0f} s:            {rss_warm / 1024:.1f} MiB; at the end "
           f"{rss_end / 1024:.1f} MiB; growth {growth * 100:+.1f} % (limit {RSS_LIMIT * 100:.0f} %)")
     print("  RSS samples (MiB):      " + " ".join(f"{r / 1024:.1f}" for _, r, _ in samples[::6]))
+    print(f"  full GC collections:    {full_gcs:.0f} (the server sets high GC thresholds: "
+          "cyclic garbage waits for these)")
     print(f"  open FDs:               {fds_before} before, peak "
           f"{max(f for _, _, f in samples)}, {fds_after} after everyone left")
     print(f"  per-address entries:    {addresses:.0f} after everyone left")
