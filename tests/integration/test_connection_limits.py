@@ -220,7 +220,7 @@ def test_dual_stack_listener_limits_ipv4_mapped_peers_by_their_ipv4_address(make
 
 
 def test_unauthenticated_cap_then_the_login_timeout_frees_the_slots(make_http_server):
-    server = make_http_server(rate_limit=0, max_unauth=20, login_timeout=2)
+    server = make_http_server(rate_limit=0, max_unauth=20, login_timeout=3)
     chat = Chatter(server)  # logged in: they do not count
     lurkers, lines = open_many(server, "127.0.0.1", 20)
     assert lines == [PROMPT] * 20
