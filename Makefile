@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: run test lint bench loadtest clean
+.PHONY: run test lint bench soak loadtest clean
 
 # `make loadtest` drives the server of `make run` (in another shell) unless told otherwise,
 # e.g. `make loadtest LOADTEST_USERS=500 LOADTEST_TIME=5m ARGS='--chat-rate 2'`.
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
+
+# Not part of `make test`: SOAK_S seconds of churn (default 300), then leak and loss checks.
+SOAK_S ?= 300
+soak: $(STAMP)
+	SOAK_S=$(SOAK_S) $(PY) -m bench.soak $(ARGS)
 
 # The extra is re-checked here too: a venv made before it was added lacks Locust.
 loadtest: $(STAMP)

@@ -52,6 +52,26 @@ def serve(
         10000, envvar=_env("max_clients"),
         help="Most connections at once, those still at the prompt included.",
     ),
+    max_per_ip: int = typer.Option(
+        100, envvar=_env("max_per_ip"),
+        help="Most connections at once from one address (an IPv6 /64 counts as one); "
+        "more get 'error: too many connections from your address' (0 = off).",
+    ),
+    connect_rate: float = typer.Option(
+        20.0, envvar=_env("connect_rate"),
+        help="New connections per second from one address, burst twice that; more get "
+        "'error: connecting too fast' (0 = off).",
+    ),
+    exempt: str = typer.Option(
+        "127.0.0.0/8,::1", envvar=_env("exempt"),
+        help="Comma-separated addresses/CIDR networks that skip --max-per-ip and "
+        "--connect-rate ('' = none).",
+    ),
+    max_unauth: int = typer.Option(
+        1000, envvar=_env("max_unauth"),
+        help="Most connections not yet logged in; more get 'error: server busy, try again "
+        "later' (0 = off).",
+    ),
     max_line: int = typer.Option(
         4096, envvar=_env("max_line"), help="Longest client line in bytes, LF included."
     ),

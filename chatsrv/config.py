@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .auth import is_loopback
+from .limits import Network, parse_networks
 
 
 class ConfigError(ValueError):
@@ -26,6 +27,10 @@ class Config:
     store: str = "sqlite"
     flush_ms: int = 50
     max_clients: int = 10000
+    max_per_ip: int = 100
+    connect_rate: float = 20.0
+    exempt: str = "127.0.0.0/8,::1"
+    max_unauth: int = 1000
     max_line: int = 4096
     sendq: int = 1 << 20
     login_timeout: float = 30.0
@@ -45,6 +50,9 @@ class Config:
             (0 <= self.port <= 65535, "--port must be 0..65535"),
             (0 <= self.http_port <= 65535, "--http-port must be 0..65535"),
             (self.max_clients >= 1, "--max-clients must be at least 1"),
+            (self.max_per_ip >= 0, "--max-per-ip must be >= 0 (0 = off)"),
+            (self.connect_rate >= 0, "--connect-rate must be >= 0 (0 = off)"),
+            (self.max_unauth >= 0, "--max-unauth must be >= 0 (0 = off)"),
             (self.max_line >= 16, "--max-line must be at least 16 bytes"),
             (self.sendq >= 1024, "--sendq must be at least 1024 bytes"),
             (self.login_timeout > 0, "--login-timeout must be positive"),
@@ -70,6 +78,14 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            parse_networks(self.exempt)
+        except ValueError as err:
+            raise ConfigError(f"--exempt: {err}") from None
+
+    @property
+    def exempt_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.exempt)
 
     @property
     def tls(self) -> bool:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 KINDS = ("public", "private")
 DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown")
-REJECT_REASONS = ("full",)
+REJECT_REASONS = ("full", "unauth", "per_ip", "rate")
 
 
 class ChatCollector(Collector):
@@ -78,7 +78,16 @@ class ChatCollector(Collector):
         rejected = dict.fromkeys(REJECT_REASONS, 0)
         rejected.update(server.rejected)
         yield _labelled(CounterMetricFamily, "chatsrv_connections_rejected",
-                        "Connections refused before the prompt, by reason.", "reason", rejected)
+                        "Connections refused before the prompt, by reason: full (--max-clients), "
+                        "unauth (--max-unauth), per_ip (--max-per-ip), rate (--connect-rate).",
+                        "reason", rejected)
+        yield _gauge("chatsrv_connections_unauthenticated",
+                     "Open connections not logged in yet (capped by --max-unauth).",
+                     server.unauth)
+        server.limits.purge()  # so the gauge shows no entry that is already due to go
+        yield _gauge("chatsrv_limited_addresses",
+                     "Client addresses with per-address limit state (open connections, "
+                     "or a connect-rate bucket still refilling).", len(server.limits.entries))
         yield _counter("chatsrv_logins", "Successful logins.", stats.logins)
         yield _counter("chatsrv_notices", "Join/leave notice lines queued to receivers.",
                        stats.notices)

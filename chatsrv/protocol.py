@@ -161,6 +161,10 @@ def line_too_long(max_line: int) -> bytes:
 
 PROMPT = b"enter a username:\n"
 SERVER_FULL = b"error: server full\n"
+# Refusals at connect, before the prompt (see limits.py and ChatServer.admit).
+TOO_MANY_FROM_ADDRESS = b"error: too many connections from your address\n"
+CONNECTING_TOO_FAST = b"error: connecting too fast\n"
+SERVER_BUSY = b"error: server busy, try again later\n"
 LOGIN_TIMEOUT = b"error: login timeout\n"
 SHUTTING_DOWN = b"* server shutting down\n"
 KICKED = b"* disconnected by an administrator\n"

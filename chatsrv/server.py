@@ -10,12 +10,13 @@ import itertools
 import logging
 import resource
 import signal
-import socket
+import socket as _stdsocket
 import ssl
 import time
 from collections import Counter
 
 import gevent
+from gevent import socket
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -24,6 +25,7 @@ from .auth import load_or_create_token
 from .config import Config
 from .http import AdminHTTP
 from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub
+from .limits import PER_IP, RATE, AddressLimits
 from .ratelimit import RateLimiter
 from .session import Session
 from .store import MemoryStore, Store, open_store
@@ -35,6 +37,21 @@ log = logging.getLogger("chatsrv.server")
 # Sessions ending for these reasons get their last lines flushed (bounded by
 # the grace period); the others have a dead or hopeless socket.
 GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown"})
+
+# The line a refused connection gets, by `chatsrv_connections_rejected_total` reason.
+REFUSAL_LINES = {
+    "full": P.SERVER_FULL,
+    "unauth": P.SERVER_BUSY,
+    PER_IP: P.TOO_MANY_FROM_ADDRESS,
+    RATE: P.CONNECTING_TOO_FAST,
+}
+# At most this many refused sockets per accept callback, so a flood cannot hold
+# the event loop; the listening socket stays readable and the loop comes back.
+REFUSE_BATCH = 100
+# Server-wide refusals (full, unauth) are logged at most once per this many seconds.
+BUSY_LOG_EVERY_S = 60.0
+# How often idle per-address entries and the once-a-minute log state are swept.
+SWEEP_EVERY_S = 10.0
 
 
 def raise_fd_limit() -> int:
@@ -73,11 +90,56 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class _Listener(StreamServer):
-    """A StreamServer that leaves closing to the session: a logged-in session
-    outlives its handler greenlet (see session.py), so the socket must too."""
+    """A StreamServer that admits or refuses each socket in the accept callback
+    itself, before a greenlet, a gevent socket or a session exists for it: a
+    refused connection costs accept, one non-blocking send and close.
+
+    It also leaves closing to the session: a logged-in session outlives its
+    handler greenlet (see session.py), so the socket must too."""
+
+    def __init__(self, address, handle, admit, **kw) -> None:
+        super().__init__(address, handle, **kw)
+        self._admit = admit
+        self._refusals = 0  # in this accept callback
+
+    def _do_read(self) -> None:
+        self._refusals = 0
+        super()._do_read()
+
+    def do_read(self):
+        listening = self.socket
+        while self._refusals < REFUSE_BATCH:
+            try:
+                fd, address = listening._accept()
+            except BlockingIOError:
+                return None
+            try:
+                line, key = self._admit(address[0])
+            except Exception:
+                log.exception("server error admitting a connection")
+                line, key = b"", None
+            if line is None:
+                sock = socket.socket(listening.family, listening.type, listening.proto,
+                                     fileno=fd)
+                return sock, address, key
+            self._refusals += 1
+            _refuse_fd(fd, listening.family, line)
+        return None
 
     def do_close(self, sock, *args) -> None:
         pass
+
+
+def _refuse_fd(fd: int, family: int, line: bytes) -> None:
+    """Send the refusal line without ever waiting (a fresh socket's buffer is empty), close."""
+    raw = _stdsocket.socket(family, _stdsocket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        if line:
+            raw.send(line, _stdsocket.MSG_DONTWAIT)
+    except OSError:
+        pass
+    finally:
+        raw.close()
 
 
 class ChatServer:
@@ -97,6 +159,14 @@ class ChatServer:
         self.started_at = time.time()
         self.connections_total = 0
         self.rejected: Counter[str] = Counter()
+        # Connections admitted and not yet ended (sessions, and sockets still in
+        # their TLS handshake), and those of them not logged in: the caps count these.
+        self.conns = 0
+        self.unauth = 0
+        self.limits = AddressLimits(max_per_ip=config.max_per_ip, rate=config.connect_rate,
+                                    exempt=config.exempt_networks, clock=time.monotonic)
+        self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
+        self._sweeper = None
         self.disconnects: Counter[str] = Counter()
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
@@ -130,10 +200,12 @@ class ChatServer:
             self.http = AdminHTTP(self, token)
             self.http.start()
         listener = _Listener(
-            (self.config.host, self.config.port), self._handle, backlog=4096
+            (self.config.host, self.config.port), self._handle, self.admit, backlog=4096
         )
         listener.start()
         self._listener = listener
+        self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
+        self._sweeper.start(self._sweep)
         log.info("listening on %s:%d%s", self.config.host, listener.server_port,
                  " (TLS)" if self._tls else "")
 
@@ -156,6 +228,8 @@ class ChatServer:
         self.stopping = True
         if self._listener is not None:
             self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.close()
         sessions = list(self.sessions)
         log.info("shutting down: %d sessions", len(sessions))
         for session in sessions:
@@ -187,42 +261,91 @@ class ChatServer:
 
     # ------------------------------------------------------------ connections
 
-    def _handle(self, sock, address) -> None:
+    def admit(self, host: str) -> tuple[bytes | None, str | None]:
+        """Decide on an accepted socket before anything is allocated for it.
+
+        Admitted: `(None, key)`, and the connection counts until `_release(key)`
+        (key is None for an address not counted). Refused: `(line, None)`, the
+        line to send before closing (b"" = close without a word)."""
+        if self.stopping:
+            return b"", None
+        config = self.config
+        if self.conns >= config.max_clients:
+            return self._refused_busy("full"), None
+        if config.max_unauth and self.unauth >= config.max_unauth:
+            return self._refused_busy("unauth"), None
+        key = self.limits.key(host)
+        if key is not None:
+            reason = self.limits.admit(key)
+            if reason is not None:
+                self.rejected[reason] += 1
+                return REFUSAL_LINES[reason], None
+        self.conns += 1
+        self.unauth += 1
+        return None, key
+
+    def _refused_busy(self, reason: str) -> bytes:
+        """Count a server-wide refusal; log it at most once a minute."""
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        state = self._busy_log.get(reason)
+        if state is None or now - state[0] >= BUSY_LOG_EVERY_S:
+            more = f"; {state[1]} more refused since the last report" if state and state[1] else ""
+            if reason == "full":
+                why = f"{self.conns} connections open (--max-clients {self.config.max_clients})"
+            else:
+                why = (f"{self.unauth} connections not logged in "
+                       f"(--max-unauth {self.config.max_unauth})")
+            log.warning("refusing connections (%s): %s%s; logged once a minute",
+                        reason, why, more)
+            self._busy_log[reason] = [now, 0]
+        else:
+            state[1] += 1
+        return REFUSAL_LINES[reason]
+
+    def _sweep(self) -> None:
         try:
-            self._accepted(sock, address)
+            self.limits.purge()
+        except Exception:
+            log.exception("server error sweeping per-address state")
+
+    def _release(self, key: str | None, logged_in: bool) -> None:
+        """An admitted connection ended: give back what `admit` counted."""
+        self.conns -= 1
+        if not logged_in:
+            self.unauth -= 1
+        if key is not None:
+            self.limits.release(key)
+
+    def _handle(self, sock, address, key: str | None = None) -> None:
+        session = None
+        try:
+            session = self._open_session(sock, address, key)
+            if session is not None:
+                session.run()
         except OSError:  # e.g. reset before we got to it: the client's doing
             sock.close()
         except Exception:
             log.exception("server error on a new connection")
             sock.close()
+        finally:
+            if session is None:
+                self._release(key, False)
 
-    def _accepted(self, sock, address) -> None:
+    def _open_session(self, sock, address, key: str | None) -> Session | None:
         peer = f"{address[0]}:{address[1]}"
-        if self.stopping:
-            sock.close()
-            return
-        if len(self.sessions) >= self.config.max_clients:
-            self.rejected["full"] += 1
-            self._refuse(sock, P.SERVER_FULL)
-            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         tls = None
         if self._tls is not None:
             tls = self._tls_handshake(sock, peer)
             if tls is None:
-                return
+                return None
         session = Session(self, sock, peer, next(self._ids), tls)
+        session.addr_key = key
         self.sessions.add(session)
         self.connections_total += 1
         log.info("connect id=%d peer=%s", session.id, peer)
-        session.run()
-
-    def _refuse(self, sock, line: bytes) -> None:
-        try:
-            sock.sendall(line)
-        except OSError:
-            pass
-        sock.close()
+        return session
 
     def _tls_handshake(self, sock, peer: str) -> TlsChannel | None:
         try:
@@ -236,12 +359,14 @@ class ChatServer:
             return None
 
     def session_logged_in(self, session: Session) -> None:
+        self.unauth -= 1
         if self.config.rate_limit:
             session.limiter = RateLimiter(self.config.rate_limit, time.monotonic)
         log.info("login id=%d user=%s", session.id, session.user.name)
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
+        self._release(session.addr_key, session.user is not None)
         self.disconnects[reason] += 1
         self.closed_bytes_in += session.bytes_in
         self.closed_bytes_out += session.bytes_out

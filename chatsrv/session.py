@@ -62,7 +62,7 @@ class Session:
     __slots__ = (
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
-        "limiter", "tls", "rest", "discarding", "paused", "closed",
+        "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key",
     )
 
     def __init__(self, server: ChatServer, sock, peer: str, sid: int, tls=None) -> None:
@@ -86,6 +86,7 @@ class Session:
         self.ending: str | None = None
         self.closed = False
         self.connected_at = time.time()
+        self.addr_key: str | None = None  # the address limits.py counts it under
         self.rest = b""  # an incomplete line carried to the next read
         self.discarding = False  # inside a too-long line whose error was already sent
         # While reading is paused: the rate limit's timer, or the greenlet

@@ -42,6 +42,10 @@ def test_every_protocol_metric_exists_with_its_labels(http_server, login):
         assert value(samples, "chatsrv_deliveries_total", kind=kind) == 0
     for reason in ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown"):
         assert value(samples, "chatsrv_disconnects_total", reason=reason) == 0
+    for reason in ("full", "unauth", "per_ip", "rate"):
+        assert value(samples, "chatsrv_connections_rejected_total", reason=reason) == 0
+    assert value(samples, "chatsrv_connections_unauthenticated") == 0
+    assert value(samples, "chatsrv_limited_addresses") == 0  # loopback is exempt
     for command in ("create", "join", "leave", "groups", "users", "public", "private", "exit",
                     "history", "help", "ping", "unknown"):
         assert value(samples, "chatsrv_commands_total", command=command) == 0
