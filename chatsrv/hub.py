@@ -200,6 +200,9 @@ class Hub:
         self.remote_users: dict[str, RemoteUser] = {}
         self.unavailable = False  # Redis unreachable: commands needing it answer an error
         self.queries: list[tuple[User, Group, int]] = []  # `history` reads awaiting Redis
+        # Local joins whose event has not come back from Redis yet: a remote join or
+        # leave ordered before it in Redis is not this member's news (see remote_notice).
+        self.unconfirmed: set[tuple[str, str]] = set()
         self.add_group(GENERAL, created_by="")
 
     def join_cluster(self, node: str) -> None:
@@ -331,6 +334,7 @@ class Hub:
         self.notice(group, P.joined_notice(user.name, group.name), user)
         if self.outbox is not None:
             self.outbox.append(("join", user, group))
+            self.unconfirmed.add((user.key, group.key))
 
     def leave_group(self, user: User, group: Group) -> None:
         # Notices go to the remaining members; the crowd size counts the leaver.
@@ -339,6 +343,7 @@ class Hub:
         del user.groups[group.key]
         if self.outbox is not None:
             self.outbox.append(("leave", user, group))
+            self.unconfirmed.discard((user.key, group.key))
 
     # ------------------------------------------------------------ sessions
 
@@ -364,8 +369,9 @@ class Hub:
         problem = P.name_problem(nfc)
         if problem is not None:
             raise LoginRefused(f"error: invalid username: {problem}")
-        key = P.name_key(nfc)
-        if key in self.users or key in self.remote_users:
+        # In a cluster, Redis decides about the names of other nodes' users (the
+        # mirror may still show one that just left): see `Backplane.claim`.
+        if P.name_key(nfc) in self.users:
             raise LoginRefused(f"error: username taken: {nfc}")
         return nfc
 
@@ -570,7 +576,7 @@ class Hub:
         group.remote[key] = user.name
         user.groups.add(gkey)
         if notify and group.members:
-            self.notice(group, P.joined_notice(user.name, group.name), None)
+            self.remote_notice(group, P.joined_notice(user.name, group.name))
 
     def remote_leave(self, key: str, gkey: str, node: str, notify: bool = True) -> None:
         user = self.remote_users.get(key)
@@ -578,9 +584,28 @@ class Hub:
         if user is None or user.node != node or group is None or key not in group.remote:
             return
         if notify and group.members:
-            self.notice(group, P.left_notice(user.name, group.name), None)
+            self.remote_notice(group, P.left_notice(user.name, group.name))
         del group.remote[key]
         user.groups.discard(gkey)
+
+    def remote_notice(self, group: Group, line: str) -> None:
+        """A notice about another node's user, to the local members who were already
+        in the group in Redis's order (their own join came back before this event)."""
+        if self.notice_limit and group.size() > self.notice_limit:
+            return
+        if not self.unconfirmed:
+            self.stats.notices += self.fanout(group, P.encode(line), None)
+            return
+        data, gkey, n = P.encode(line), group.key, 0
+        for member in group.members.values():
+            if (member.key, gkey) not in self.unconfirmed:
+                self.send_line(member, data)
+                n += 1
+        self.stats.notices += n
+
+    def join_confirmed(self, key: str, gkey: str) -> None:
+        """This node's own join event came back from Redis."""
+        self.unconfirmed.discard((key, gkey))
 
     def remote_public(self, gkey: str, data: bytes) -> None:
         group = self.groups.get(gkey)

@@ -63,13 +63,14 @@ def dumps(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-# Claim a username for this node: free, or already this node's (a record left
-# by an earlier session of this node, or a re-registration after an outage).
-# Announces the login on the control channel in the same atomic step.
-# KEYS: users, node users. ARGV: user key, record, node, ctl channel, message ('' = none).
+# Claim a username for this node if it is free; with ARGV[6] = '1' (re-registering
+# this node's own users) also if this node already holds it. Announces the
+# login on the control channel in the same atomic step.
+# KEYS: users, node users.
+# ARGV: user key, record, node, ctl channel, message ('' = none), own ('1' or '0').
 CLAIM = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and cjson.decode(v)['node'] ~= ARGV[3] then return 0 end
+if v and (ARGV[6] ~= '1' or cjson.decode(v)['node'] ~= ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end

@@ -314,8 +314,9 @@ class RedisBackplane:
         record = keys.dumps({"node": self.node, "name": name, "since": since, "peer": peer})
         message = keys.dumps({"t": "login", "n": self.node, "u": name, "s": since,
                               "p": peer}) if announce else ""
+        # A new login needs a free name; a re-registration keeps this node's own.
         pipe.eval(keys.CLAIM, 2, keys.USERS, keys.node_users(self.node), key, record,
-                  self.node, keys.CTL, message)
+                  self.node, keys.CTL, message, "0" if announce else "1")
 
     def _queue_release(self, pipe, key: str) -> None:
         pipe.eval(keys.RELEASE, 2, keys.USERS, keys.node_users(self.node), key, self.node,
@@ -382,6 +383,7 @@ class RedisBackplane:
 
     def _register(self) -> list[User]:
         hub, node = self.hub, self.node
+        hub.unconfirmed.clear()  # the state message below is everyone's news now
         users = list(hub.users.values())
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.heartbeat(node), keys.dumps({"started": self.started_at,
@@ -515,7 +517,9 @@ class RedisBackplane:
     def _on_control(self, m: dict) -> None:
         hub, kind, node = self.hub, m.get("t"), m.get("n")
         if node == self.node:
-            if kind == "gone" and self._own_gone:
+            if kind == "join":
+                hub.join_confirmed(m["k"], m["g"])
+            elif kind == "gone" and self._own_gone:
                 self._own_gone -= 1
             elif kind == "gone" and not self.stopping:
                 log.warning("this node was reaped (heartbeats missed); registering again")
