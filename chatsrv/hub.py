@@ -328,11 +328,11 @@ class Hub:
             raise ProtocolError(f"error: not a member of {group.name}")
         return group
 
-    def join_group(self, user: User, group: Group) -> None:
+    def join_group(self, user: User, group: Group, publish: bool = True) -> None:
         group.add(user)
         user.groups[group.key] = group
         self.notice(group, P.joined_notice(user.name, group.name), user)
-        if self.outbox is not None:
+        if self.outbox is not None and publish:
             self.outbox.append(("join", user, group))
             self.unconfirmed.add((user.key, group.key))
 
@@ -347,8 +347,11 @@ class Hub:
 
     # ------------------------------------------------------------ sessions
 
-    def login(self, name: str, conn: object = None) -> User:
-        """Register a user, put it in General; raises LoginRefused."""
+    def login(self, name: str, conn: object = None, announced: bool = False) -> User:
+        """Register a user, put it in General; raises LoginRefused.
+
+        `announced`: cluster mode, the claim already told every node (login and
+        joining General in one event, see backplane/node.py)."""
         started = self.timer() if self.timer is not None else 0.0
         nfc = self.check_name(name)
         key = P.name_key(nfc)
@@ -357,7 +360,7 @@ class Hub:
         self.stats.logins += 1
         self.reply(user, P.welcome(nfc))
         general = self.groups[P.name_key(GENERAL)]
-        self.join_group(user, general)
+        self.join_group(user, general, publish=not announced)
         self.reply(user, P.you_joined(general.name))
         if self.timer is not None:
             self.stats.login.observe(self.timer() - started)

@@ -130,10 +130,12 @@ class ChatServer:
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
         self.writer.start()
-        address = (self.config.host, self.config.port)
         if self.config.reuse_port:  # a --workers worker: the port is shared
-            address = reuse_port_listener(address)
-        listener = _Listener(address, self._handle, backlog=4096)
+            listener = _Listener(reuse_port_listener(self.config.host, self.config.port),
+                                 self._handle)
+        else:
+            listener = _Listener((self.config.host, self.config.port), self._handle,
+                                 backlog=4096)
         listener.init_socket()  # bound before joining a cluster it could not serve
         self.backplane.start()
         if self.config.http_port:
@@ -252,7 +254,7 @@ class ChatServer:
         name = hub.check_name(text)
         self.backplane.claim(name, session)  # this greenlet waits for Redis
         try:
-            return hub.login(name, session)
+            return hub.login(name, session, announced=True)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
             self.backplane.abandon(name)
             raise
@@ -340,16 +342,16 @@ class ChatServer:
         return user.name
 
 
-def reuse_port_listener(address: tuple[str, int]):
+def reuse_port_listener(host: str, port: int):
     """A listening socket that other processes (the other workers) share: the
     kernel spreads new connections over them (SO_REUSEPORT)."""
     from gevent import socket as gsocket
 
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = gsocket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    sock.bind((host, port))
     sock.listen(4096)
     return sock
 

@@ -22,6 +22,7 @@ Three greenlets, each with its own Redis connection (gevent sockets, see conn.py
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from .. import protocol as P
-from ..hub import ClusterUnavailable, LoginRefused
+from ..hub import GENERAL, ClusterUnavailable, LoginRefused
 from . import conn, keys
 
 if TYPE_CHECKING:
@@ -48,20 +49,31 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 SYNC_TIMEOUT_S = 10.0
 KICK_WAIT_S = 5.0
+SUBSCRIBE_WAIT_S = 2.0
 
 
 class Claim:
-    """A name claim waiting for the publisher's pipeline."""
+    """A name claim: won once Redis said so *and* its login event came back to this
+    node, so every event Redis ordered before this login has been applied here
+    before the user is welcomed (the notices a user gets follow Redis's order)."""
 
-    __slots__ = ("name", "key", "peer", "since", "result", "abandoned")
+    __slots__ = ("name", "key", "peer", "since", "result", "abandoned", "token", "won",
+                 "echoed")
 
-    def __init__(self, name: str, peer: str, since: float) -> None:
+    def __init__(self, name: str, peer: str, since: float, token: str) -> None:
         self.name = name
         self.key = P.name_key(name)
         self.peer = peer
         self.since = since
+        self.token = token
         self.result = AsyncResult()
         self.abandoned = False
+        self.won = False
+        self.echoed = False
+
+    def settle(self) -> None:
+        if self.won and self.echoed and not self.result.ready():
+            self.result.set(True)
 
 
 class Stats:
@@ -97,6 +109,9 @@ class RedisBackplane:
         self._reconnect = False
         self._first_sync = True
         self._own_gone = 0  # "gone" messages about this node that this node published
+        self._claims: dict[str, Claim] = {}  # by token, until their login event is back
+        self._tokens = itertools.count(1)
+        self._sub_waiters: dict[bytes, Event] = {}  # channel -> set when subscribed
         self._greenlets: list[gevent.Greenlet] = []
         self._public_prefix = self.node_b + b"\0"
         self.hub.join_cluster(self.node)
@@ -162,17 +177,20 @@ class RedisBackplane:
         hub = self.hub
         if hub.unavailable:
             raise LoginRefused(P.CLUSTER_UNAVAILABLE)
-        claim = Claim(name, session.peer, time.time())
+        claim = Claim(name, session.peer, time.time(), str(next(self._tokens)))
+        self._claims[claim.token] = claim
         hub.outbox.append(("claim", claim))
         self.wake()
         try:
             won = claim.result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
         except (ClusterUnavailable, gevent.Timeout):
-            claim.abandoned = True
+            self._abandon(claim)
             raise LoginRefused(P.CLUSTER_UNAVAILABLE) from None
         except BaseException:  # the session ended while waiting
-            claim.abandoned = True
+            self._abandon(claim)
             raise
+        finally:
+            self._claims.pop(claim.token, None)
         if not won:
             raise LoginRefused(f"error: username taken: {name}")
         hub.forget_remote(claim.key)  # a stale mirror entry: Redis says the name is ours
@@ -191,6 +209,11 @@ class RedisBackplane:
             at, sender, text = json.loads(item)
             entries.append((float(at), sender, text))
         return entries
+
+    def _abandon(self, claim: Claim) -> None:
+        claim.abandoned = True
+        if claim.won:  # Redis gave us the name, but nobody will use it
+            self.abandon(claim.name)
 
     def abandon(self, name: str) -> None:
         """The name was claimed but the login did not happen: free it again."""
@@ -248,6 +271,7 @@ class RedisBackplane:
         if self.hub.unavailable:
             self._drop(items)
             return
+        self._subscribe_first(items)
         pipe = self.redis.pipeline(transaction=False)
         claims: list[tuple[int, Claim]] = []
         reads: list[tuple[int, AsyncResult]] = []
@@ -279,7 +303,8 @@ class RedisBackplane:
                 self._queue_release(pipe, key)
             elif kind == "claim":
                 claim = item[1]
-                self._queue_claim(pipe, claim.key, claim.name, claim.since, claim.peer, True)
+                self._queue_claim(pipe, claim.key, claim.name, claim.since, claim.peer,
+                                  claim.token)
                 claims.append((len(pipe) - 1, claim))
             elif kind == "raw":
                 pipe.publish(item[1], item[2])
@@ -307,13 +332,15 @@ class RedisBackplane:
             else:
                 result.set(results[index])
         for group in touched:
-            self._follow(group)
+            self._unfollow(group)
 
     def _queue_claim(self, pipe, key: str, name: str, since: float, peer: str,
-                     announce: bool) -> None:
+                     token: str | None) -> None:
+        """A login (`token`: announced, with joining General) or a re-registration."""
+        announce = token is not None
         record = keys.dumps({"node": self.node, "name": name, "since": since, "peer": peer})
         message = keys.dumps({"t": "login", "n": self.node, "u": name, "s": since,
-                              "p": peer}) if announce else ""
+                              "p": peer, "g": P.name_key(GENERAL), "c": token}) if announce else ""
         # A new login needs a free name; a re-registration keeps this node's own.
         pipe.eval(keys.CLAIM, 2, keys.USERS, keys.node_users(self.node), key, record,
                   self.node, keys.CTL, message, "0" if announce else "1")
@@ -325,11 +352,13 @@ class RedisBackplane:
     def _claimed(self, claim: Claim, result) -> None:
         if isinstance(result, Exception):
             claim.result.set_exception(ClusterUnavailable(str(result)))
+        elif result != 1:
+            claim.result.set(False)
         elif claim.abandoned:
-            if result == 1:
-                self.abandon(claim.name)
+            self.abandon(claim.name)
         else:
-            claim.result.set(result == 1)
+            claim.won = True
+            claim.settle()
 
     def _drop(self, items: list[tuple]) -> None:
         """Redis is away: what other nodes should have heard is lost (the re-sync
@@ -341,19 +370,47 @@ class RedisBackplane:
                 item[3].set_exception(ClusterUnavailable("cluster unavailable"))
         self.stats.dropped += len(items)
 
-    def _follow(self, group: Group) -> None:
-        """Subscribe to a group's channel while it has local members, and only then."""
-        key = group.key
-        want = bool(group.members) and self.hub.groups.get(key) is group
-        if want == (key in self.subscribed) or self.pubsub is None:
+    def _subscribe_first(self, items: list[tuple]) -> None:
+        """A node follows a group's channel while it has local members. A join (or a
+        login, which joins General) that makes the first one is published only once
+        Redis confirmed the subscription: whatever another node sends after hearing
+        of the join reaches this node."""
+        pubsub = self.pubsub
+        if pubsub is None:
             return
-        try:
-            if want:
-                self.subscribed.add(key)
-                self.pubsub.subscribe(keys.group_channel(key))
+        wanted = []
+        for item in items:
+            kind = item[0]
+            if kind == "join":
+                group = item[2]
+            elif kind == "claim":
+                group = self.hub.groups.get(P.name_key(GENERAL))
             else:
-                self.subscribed.discard(key)
-                self.pubsub.unsubscribe(keys.group_channel(key))
+                continue
+            if group is not None and group.key not in self.subscribed:
+                self.subscribed.add(group.key)
+                wanted.append(keys.group_channel(group.key).encode())
+        if not wanted:
+            return
+        waiters = [self._sub_waiters.setdefault(ch, Event()) for ch in wanted]
+        try:
+            pubsub.subscribe(*wanted)
+        except conn.ERRORS as err:
+            self.failed(err)
+            return
+        for waiter in waiters:
+            waiter.wait(SUBSCRIBE_WAIT_S)
+        for channel in wanted:
+            self._sub_waiters.pop(channel, None)
+
+    def _unfollow(self, group: Group) -> None:
+        """Leave a group's channel once it has no local members."""
+        key = group.key
+        if group.members or key not in self.subscribed or self.pubsub is None:
+            return
+        self.subscribed.discard(key)
+        try:
+            self.pubsub.unsubscribe(keys.group_channel(key))
         except conn.ERRORS as err:
             self.failed(err)
 
@@ -397,7 +454,7 @@ class RedisBackplane:
         first = len(pipe)
         for user in users:
             peer = user.conn.peer if user.conn is not None else ""
-            self._queue_claim(pipe, user.key, user.name, user.since, peer, False)
+            self._queue_claim(pipe, user.key, user.name, user.since, peer, None)
         for group in hub.groups.values():  # put them back if Redis lost its data
             pipe.hsetnx(keys.GROUPS, group.key, keys.dumps(
                 {"name": group.name, "by": group.created_by, "at": group.created_at}))
@@ -447,7 +504,7 @@ class RedisBackplane:
 
     def _connect(self) -> None:
         self._reconnect = False
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.redis.pubsub()
         wanted = [g.key for g in self.hub.groups.values() if g.members]
         pubsub.subscribe(keys.CTL, keys.node_channel(self.node),
                          *(keys.group_channel(k) for k in wanted))
@@ -471,8 +528,15 @@ class RedisBackplane:
         pubsub = self.pubsub
         while not self.stopping and not self._reconnect:
             message = pubsub.get_message(timeout=1.0)
-            if message is not None:
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
                 self._on_message(message["channel"], message["data"])
+            elif kind == "subscribe":
+                waiter = self._sub_waiters.get(message["channel"])
+                if waiter is not None:
+                    waiter.set()
 
     def _close_pubsub(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
@@ -519,6 +583,11 @@ class RedisBackplane:
         if node == self.node:
             if kind == "join":
                 hub.join_confirmed(m["k"], m["g"])
+            elif kind == "login":
+                claim = self._claims.get(m.get("c"))
+                if claim is not None:
+                    claim.echoed = True
+                    claim.settle()
             elif kind == "gone" and self._own_gone:
                 self._own_gone -= 1
             elif kind == "gone" and not self.stopping:
@@ -532,6 +601,8 @@ class RedisBackplane:
             hub.remote_leave(m["k"], m["g"], node)
         elif kind == "login":
             hub.remote_login(node, m["u"], m["s"], m.get("p", ""))
+            if m.get("g"):
+                hub.remote_join(P.name_key(m["u"]), m["g"], node)
         elif kind == "logout":
             hub.remote_logout(m["k"], node)
         elif kind == "group":

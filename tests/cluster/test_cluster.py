@@ -29,7 +29,8 @@ def until(client, command: str, predicate, wait: float = 10.0) -> str:
     that another node made travels through Redis: poll rather than sleep)."""
     deadline = time.monotonic() + wait
     while True:
-        reply = client.request(command)
+        client.send(command)  # its reply is the next line that is not chat or a notice
+        reply = client.read_until(lambda x: not x.startswith(("* ", "[")))[-1]
         if predicate(reply):
             return reply
         assert time.monotonic() < deadline, f"{command!r}: last reply {reply!r}"
@@ -143,9 +144,15 @@ def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F81
     assert bob.request("create ops") == "ok: created group ops"
     assert bob.request("join ops") == "ok: joined group ops"
     api = a.api
-    users = {u["name"]: u for u in api.ok("GET", "/api/v1/users")["users"]}
-    assert {n: u["node"] for n, u in users.items()} == {"alice": "node0", "bob": "node1"}
-    assert users["bob"]["groups"] == ["General", "ops"]
+
+    def users() -> dict:
+        return {u["name"]: u for u in api.ok("GET", "/api/v1/users")["users"]}
+
+    deadline = time.monotonic() + 10  # bob's join travels from node1 through Redis
+    while users()["bob"]["groups"] != ["General", "ops"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert {n: u["node"] for n, u in users().items()} == {"alice": "node0", "bob": "node1"}
     groups = {g["name"]: g["members"] for g in api.ok("GET", "/api/v1/groups")["groups"]}
     assert groups == {"General": 2, "ops": 1}
     assert api.ok("GET", "/api/v1/groups/ops")["members"] == ["bob"]
@@ -178,7 +185,8 @@ def test_node_killed_its_users_leave_within_the_ttl(redis_server, make_server,  
     assert alice.request("create dev") == "ok: created group dev"
     assert alice.request("join dev") == "ok: joined group dev"
     until(bob, "join dev", lambda r: r == "ok: joined group dev")
-    alice.expect("* bob joined the group dev")
+    bob.send("public dev ready")  # once alice has it, node0 knows bob is in dev
+    alice.read_until(lambda x: x == "[public group dev from bob] ready")
 
     killed = time.monotonic()
     os.kill(b.pid, signal.SIGKILL)
