@@ -199,7 +199,9 @@ class Hub:
         self.outbox: list[tuple] | None = None  # what other nodes must hear, drained per turn
         self.remote_users: dict[str, RemoteUser] = {}
         self.unavailable = False  # Redis unreachable: commands needing it answer an error
-        self.queries: list[tuple[User, Group, int]] = []  # `history` reads awaiting Redis
+        # Replies that wait for Redis: ("history", user, group, count) reads, and
+        # ("join", user, group, None) when this node must first follow the group.
+        self.queries: list[tuple[str, User, Group, int | None]] = []
         # Local joins whose event has not come back from Redis yet: a remote join or
         # leave ordered before it in Redis is not this member's news (see remote_notice).
         self.unconfirmed: set[tuple[str, str]] = set()
@@ -445,6 +447,12 @@ class Hub:
         group = self.find_group(args[0])
         if group.key in user.groups:
             raise ProtocolError(f"error: already a member of {group.name}")
+        if self.outbox is not None and not group.members:
+            # The first member here: the reply waits until this node hears the
+            # group's channel, so nothing sent after it is missed (see backplane).
+            self.join_group(user, group)
+            self.queries.append(("join", user, group, None))
+            return
         self.reply(user, f"ok: joined group {group.name}")
         self.join_group(user, group)
 
@@ -520,7 +528,7 @@ class Hub:
         count = P.parse_count(args[1] if len(args) > 1 else None)
         if self.outbox is not None:  # the cluster's history is in Redis: read it there
             self._need_cluster()
-            self.queries.append((user, group, count))
+            self.queries.append(("history", user, group, count))
             return
         entries = list(group.history)[-count:]
         for at, sender, text in entries:

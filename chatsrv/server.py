@@ -112,6 +112,7 @@ class ChatServer:
         self.backplane = open_backplane(self)
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
+            self.writer.follow = self.backplane.follow
 
     # ------------------------------------------------------------ lifecycle
 

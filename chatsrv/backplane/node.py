@@ -215,6 +215,14 @@ class RedisBackplane:
         if claim.won:  # Redis gave us the name, but nobody will use it
             self.abandon(claim.name)
 
+    def follow(self, group: Group) -> None:
+        """Return once this node hears the group's channel (or Redis failed to say so):
+        the publisher subscribes before it sends anything queued after a join."""
+        done = Event()
+        self.hub.outbox.append(("follow", group, done))
+        self.wake()
+        done.wait(SUBSCRIBE_WAIT_S + 1)
+
     def abandon(self, name: str) -> None:
         """The name was claimed but the login did not happen: free it again."""
         self.hub.outbox.append(("release", P.name_key(name)))
@@ -272,6 +280,9 @@ class RedisBackplane:
             self._drop(items)
             return
         self._subscribe_first(items)
+        for item in items:
+            if item[0] == "follow":
+                item[2].set()
         pipe = self.redis.pipeline(transaction=False)
         claims: list[tuple[int, Claim]] = []
         reads: list[tuple[int, AsyncResult]] = []
@@ -366,6 +377,8 @@ class RedisBackplane:
         for item in items:
             if item[0] == "claim":
                 item[1].result.set_exception(ClusterUnavailable("cluster unavailable"))
+            elif item[0] == "follow":
+                item[2].set()
             elif item[0] == "history":
                 item[3].set_exception(ClusterUnavailable("cluster unavailable"))
         self.stats.dropped += len(items)
@@ -381,8 +394,8 @@ class RedisBackplane:
         wanted = []
         for item in items:
             kind = item[0]
-            if kind == "join":
-                group = item[2]
+            if kind == "join" or kind == "follow":
+                group = item[2] if kind == "join" else item[1]
             elif kind == "claim":
                 group = self.hub.groups.get(P.name_key(GENERAL))
             else:

@@ -69,6 +69,7 @@ class StoreWriter:
         # Cluster mode: `history` reads Redis through the backplane, in order with
         # this node's published messages (see backplane/node.py).
         self.read_history = None
+        self.follow = None
         self._failure_logged = 0.0
 
     def start(self) -> None:
@@ -146,9 +147,19 @@ class StoreWriter:
                     done.wait()
                 if hub.users.get(user.key) is user:
                     hub.handle(user, line)  # may block again, on a newer reservation
-            for user, group, count in queries:
-                self._answer_history(user, group, count)
+            for kind, user, group, arg in queries:
+                if kind == "history":
+                    self._answer_history(user, group, arg)
+                else:
+                    self._answer_join(user, group)
             created, blocked, queries = self.take_pending()
+
+    def _answer_join(self, user: User, group: Group) -> None:
+        """Cluster mode: `ok: joined group` once this node follows the group's channel."""
+        self.follow(group)
+        if self.hub.users.get(user.key) is user:
+            self.hub.reply(user, f"ok: joined group {group.name}")
+        self.on_reply()
 
     def _answer_history(self, user: User, group: Group, count: int) -> None:
         """Cluster mode: `history` reads the group's list in Redis (`read_history`)."""
