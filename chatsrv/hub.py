@@ -618,10 +618,11 @@ class Hub:
         """This node's own join event came back from Redis."""
         self.unconfirmed.discard((key, gkey))
 
-    def remote_public(self, gkey: str, data: bytes) -> None:
+    def remote_public(self, gkey: str, data: bytes, count: int = 1) -> None:
+        """`count` public lines of another node, to every local member of the group."""
         group = self.groups.get(gkey)
         if group is not None and group.members:
-            self.stats.deliveries_public += self.fanout(group, data, None)
+            self.stats.deliveries_public += self.fanout(group, data, None) * count
 
     def remote_private(self, key: str, data: bytes) -> bool:
         user = self.users.get(key)

@@ -14,7 +14,8 @@ Channels:
     chatsrv:ctl                every node: logins, logouts, joins, leaves, new groups,
                                node state, announcements (JSON)
     chatsrv:g:<group>          nodes with local members of the group: public messages,
-                               `<node>\\0<the encoded delivery line>`
+                               `<node>\\0<count>\\0<count encoded delivery lines>`
+                               (the group's messages of one publisher turn)
     chatsrv:n:<id>             one node: private messages `p<user key>\\0<line>` and
                                control (JSON: kick)
 

@@ -113,7 +113,6 @@ class RedisBackplane:
         self._tokens = itertools.count(1)
         self._sub_waiters: dict[bytes, Event] = {}  # channel -> set when subscribed
         self._greenlets: list[gevent.Greenlet] = []
-        self._public_prefix = self.node_b + b"\0"
         self.hub.join_cluster(self.node)
 
     # ------------------------------------------------------------ lifecycle
@@ -288,16 +287,20 @@ class RedisBackplane:
         reads: list[tuple[int, AsyncResult]] = []
         touched: list[Group] = []
         trim: set[str] = set()
-        node, keep, now = self.node, self.hub.history_size, time.time()
+        runs: dict[str, tuple[list, list]] = {}  # group key -> (lines, history entries)
+        node = self.node
         for item in items:
             kind = item[0]
             if kind == "public":
-                channel = keys.group_channel(item[1].key)
-                if keep:  # kept before it is sent: whoever saw it finds it in `history`
-                    pipe.rpush(keys.history(item[1].key), keys.dumps([now, item[3], item[4]]))
-                    trim.add(item[1].key)
-                pipe.publish(channel, self._public_prefix + item[2])
-            elif kind == "history":
+                run = runs.get(item[1].key)
+                if run is None:
+                    run = runs[item[1].key] = ([], [])
+                run[0].append(item[2])
+                run[1].append((item[3], item[4]))
+                continue
+            if runs:  # anything else keeps its place after the messages before it
+                self._queue_runs(pipe, runs, trim)
+            if kind == "history":
                 pipe.lrange(keys.history(item[1].key), -item[2], -1)
                 reads.append((len(pipe) - 1, item[3]))
             elif kind == "join" or kind == "leave":
@@ -321,6 +324,9 @@ class RedisBackplane:
                 pipe.publish(item[1], item[2])
             elif kind == "state":
                 pipe.publish(keys.CTL, self._state_message())
+        if runs:
+            self._queue_runs(pipe, runs, trim)
+        keep = self.hub.history_size
         for key in trim:
             pipe.ltrim(keys.history(key), -keep, -1)
         try:
@@ -344,6 +350,20 @@ class RedisBackplane:
                 result.set(results[index])
         for group in touched:
             self._unfollow(group)
+
+    def _queue_runs(self, pipe, runs: dict[str, tuple[list, list]], trim: set[str]) -> None:
+        """A run of public messages, one PUBLISH (and one RPUSH) per group: the lines
+        of one group stay in order, and a receiving node parses one pub/sub message
+        and appends one buffer per member, however many lines it holds."""
+        now = time.time()
+        keep = self.hub.history_size
+        for key, (lines, entries) in runs.items():
+            if keep:  # kept before it is sent: whoever saw it finds it in `history`
+                pipe.rpush(keys.history(key), *(keys.dumps([now, u, t]) for u, t in entries))
+                trim.add(key)
+            pipe.publish(keys.group_channel(key),
+                         b"%b\0%d\0%b" % (self.node_b, len(lines), b"".join(lines)))
+        runs.clear()
 
     def _queue_claim(self, pipe, key: str, name: str, since: float, peer: str,
                      token: str | None) -> None:
@@ -574,9 +594,11 @@ class RedisBackplane:
         self.stats.received += 1
         hub = self.hub
         if channel.startswith(keys.GROUP_CHANNEL_PREFIX):
-            node, _, line = data.partition(b"\0")
+            node, _, rest = data.partition(b"\0")
             if node != self.node_b:
-                hub.remote_public(channel[len(keys.GROUP_CHANNEL_PREFIX):].decode(), line)
+                count, _, lines = rest.partition(b"\0")
+                hub.remote_public(channel[len(keys.GROUP_CHANNEL_PREFIX):].decode(), lines,
+                                  int(count))
         elif channel.startswith(keys.NODE_CHANNEL_PREFIX):
             if data[:1] == b"p":
                 key, _, line = data[1:].partition(b"\0")

@@ -174,6 +174,10 @@ def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F81
     login(a, "bob")
     status, _ = api.post("/api/v1/users/nobody/kick")
     assert status == 404
+    metrics = api.metrics()
+    assert 'chatsrv_cluster_node_info{node="node0"} 1.0' in metrics
+    assert "chatsrv_cluster_up 1.0" in metrics
+    assert "chatsrv_cluster_remote_users 0.0" in metrics  # bob was kicked; alice is local
 
 
 def test_node_killed_its_users_leave_within_the_ttl(redis_server, make_server,  # noqa: F811
