@@ -11,9 +11,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
+from chatsrv_admin.cli import app
+from conftest import free_port
 from rediskit import redis_server  # noqa: F401 - the fixture
+from typer.testing import CliRunner
 
 TTL = 2.0  # --node-ttl in these tests
 HISTORY = re.compile(r"\[history group (\S+) at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ from (\S+)\] (.*)")
@@ -153,6 +158,13 @@ def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F81
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert {n: u["node"] for n, u in users().items()} == {"alice": "node0", "bob": "node1"}
+    # chatsrv-admin shows which node each user is on.
+    result = CliRunner().invoke(app, ["--url", a.http_url, "--token", "secret-token", "users"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    cells = [[c.strip() for c in line.split("│")[1:3]]
+             for line in result.output.splitlines() if line.startswith("│")]
+    assert cells == [["alice", "node0"], ["bob", "node1"]], result.output
     groups = {g["name"]: g["members"] for g in api.ok("GET", "/api/v1/groups")["groups"]}
     assert groups == {"General": 2, "ops": 1}
     assert api.ok("GET", "/api/v1/groups/ops")["members"] == ["bob"]
@@ -241,3 +253,39 @@ def test_redis_outage_clients_stay_and_chat_resumes(redis_server, make_server,  
         client.read_until(lambda x: x == "* dave joined the group General")
     assert "cluster unavailable" in a.log() and "available again" in a.log()
     assert "Traceback" not in a.log() + b.log()
+
+
+def test_a_node_stopped_gracefully_says_goodbye_at_once(redis_server, make_server,  # noqa: F811
+                                                         login):
+    a, b = cluster(make_server, redis_server, 2, node_ttl=30)  # no help from the TTL
+    alice = login(a, "alice")
+    bob = login(b, "bob")
+    alice.expect("* bob joined the group General")
+    assert b.stop(signal.SIGTERM) == 0
+    bob.read_until(lambda x: x == "* server shutting down")
+    alice.expect("* bob left the group General")
+    assert alice.request("users") == "users: alice"
+    login(a, "bob")
+
+
+def test_cluster_options_are_checked(redis_server, tmp_path):  # noqa: F811
+    cases = [
+        (["--workers", "2"], "--workers needs --redis"),
+        (["--redis", "http://x"], "--redis must be redis://HOST:PORT/DB"),
+        (["--redis", redis_server.url, "--node-id", "a b"], "--node-id must be"),
+        (["--redis", redis_server.url, "--node-ttl", "0"], "--node-ttl must be"),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
+    for args, message in cases:
+        result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+                                 "--data-dir", str(tmp_path), *args],
+                                capture_output=True, text=True, timeout=30, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+    # Redis not there: a clear one-line error, exit 1.
+    result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+                             "--http-port", "0", "--data-dir", str(tmp_path),
+                             "--redis", f"redis://127.0.0.1:{free_port()}/0"],
+                            capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 1
+    assert "error: cannot start: cannot reach Redis at" in result.stderr
