@@ -318,7 +318,10 @@ class ChatServer:
             return group
         hub.uncommitted.append((None, group))
         self.writer.settle(self.writer.take_pending())
-        if hub.groups.get(group.key) is not group:
+        existing = hub.groups.get(group.key)
+        if existing is not None and existing is not group:  # another node's, in a cluster
+            raise GroupExists(f"error: group already exists: {existing.name}")
+        if existing is not group:
             raise CreateFailed(P.storage_failed(group.name))
         return group
 

@@ -168,6 +168,9 @@ def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F81
     groups = {g["name"]: g["members"] for g in api.ok("GET", "/api/v1/groups")["groups"]}
     assert groups == {"General": 2, "ops": 1}
     assert api.ok("GET", "/api/v1/groups/ops")["members"] == ["bob"]
+    assert api.post("/api/v1/groups", {"name": "OPS"})[0] == 409  # made on node1
+    assert api.post("/api/v1/groups", {"name": "api-made"})[0] == 201
+    until(bob, "groups", lambda r: r == "groups: api-made General ops")
     stats = api.ok("GET", "/api/v1/stats")
     assert stats["users"] == 2 and stats["cluster"]["node"] == "node0"
 
