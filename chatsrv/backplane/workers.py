@@ -19,11 +19,13 @@ A worker that exits while the supervisor is not stopping is restarted after a
 backoff (0.5 s doubling to 30 s, reset once a worker has run for 60 s); its
 node id is reused, so the cluster drops its previous run's users at once.
 SIGTERM or SIGINT to the supervisor stops every worker gracefully (each says
-`* server shutting down` to its clients) and exits 0 once all are gone.
+`* server shutting down` to its clients) and exits 0 once all are gone; if the
+supervisor itself is killed, the kernel sends each worker SIGTERM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -41,6 +43,7 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_S = 60.0
 POLL_S = 0.1
+PR_SET_PDEATHSIG = 1
 
 
 def worker_argv(config: Config, index: int, port: int, node: str) -> list[str]:
@@ -68,7 +71,8 @@ class Worker:
         self.restart_at: float | None = 0.0  # start now
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=self.env)
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=self.env,
+                                     preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         self.restart_at = None
         log.info("worker %d started (pid %d)", self.index, self.proc.pid)
@@ -88,6 +92,16 @@ class Worker:
                   self.index, self.proc.pid, _describe(code), self.backoff)
         self.restart_at = now + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM it if the supervisor dies (even by SIGKILL),
+    so no orphaned worker keeps the port (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _describe(code: int) -> str:

@@ -96,3 +96,25 @@ def test_two_workers_chat_restart_and_stop(redis_server, tmp_path):  # noqa: F81
         for c in clients:
             c.close()
         server.stop(signal.SIGKILL)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(redis_server, tmp_path):  # noqa: F811
+    server = start_server(tmp_path, redis=redis_server.url, workers=2, node_ttl=2)
+    try:
+        wait_for(lambda: len(WORKER_PID.findall(server.log())) >= 2, "both workers")
+        pids = [int(pid) for _, pid in WORKER_PID.findall(server.log())]
+        server.stop(signal.SIGKILL)
+
+        def gone() -> bool:
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/stat") as stat:  # a zombie until init reaps it
+                        if stat.read().split()[2] != "Z":
+                            return False
+                except (FileNotFoundError, ProcessLookupError):
+                    continue
+            return True
+
+        wait_for(gone, "the workers to exit")
+    finally:
+        server.stop(signal.SIGKILL)
