@@ -117,20 +117,24 @@ console = Console(highlight=False)
 
 @command
 def users(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
-    """Logged-in users: address, connected since, groups, bytes, send queue."""
+    """Logged-in users: node (in a cluster), address, connected since, groups, bytes, sendq."""
     opts = _opts(ctx, json_out)
     payload = opts.client().users()
     if opts.json:
         return _print_json(payload)
     table = Table(title=_plural(len(payload["users"]), "user"), title_justify="left")
-    for column in ("user", "peer", "connected for", "groups"):
+    cluster = any(u.get("node") for u in payload["users"])
+    for column in ("user", *(("node",) if cluster else ()), "peer", "connected for", "groups"):
         table.add_column(column)
     for column in ("in", "out", "sendq"):
         table.add_column(column, justify="right")
     for u in payload["users"]:
-        table.add_row(Text(u["name"]), u["peer"], _age(u["connected_at"]),
-                      Text(" ".join(u["groups"])), _size(u["bytes_in"]),
-                      _size(u["bytes_out"]), _size(u["sendq_bytes"]))
+        # Users of other nodes: their byte counts live on their own node.
+        sizes = [_size(u[k]) if u.get(k) is not None else "-"
+                 for k in ("bytes_in", "bytes_out", "sendq_bytes")]
+        node = (Text(u.get("node") or "-"),) if cluster else ()
+        table.add_row(Text(u["name"]), *node, u["peer"], _age(u["connected_at"]),
+                      Text(" ".join(u["groups"])), *sizes)
     console.print(table)
 
 

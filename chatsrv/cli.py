@@ -97,7 +97,24 @@ def serve(
         None, envvar=_env("admin_token"), help="Bearer token for the admin API."
     ),
     redis: str | None = typer.Option(  # noqa: UP007
-        None, envvar=_env("redis"), help="redis://HOST:PORT/DB for cluster mode."
+        None, envvar=_env("redis"),
+        help="redis://HOST:PORT/DB: run as a node of a cluster (see docs/scaling.md).",
+    ),
+    node_id: str | None = typer.Option(  # noqa: UP007
+        None, envvar=_env("node_id"),
+        help="This node's name in the cluster (default: HOSTNAME-PID).",
+    ),
+    node_ttl: float = typer.Option(
+        10.0, envvar=_env("node_ttl"),
+        help="Seconds after which the cluster drops a node that stopped heartbeating.",
+    ),
+    workers: int = typer.Option(
+        1, envvar=_env("workers"),
+        help="Worker processes sharing the port (SO_REUSEPORT), each a cluster node; "
+        "needs --redis. Worker i serves HTTP on --http-port + i.",
+    ),
+    reuse_port: bool = typer.Option(
+        False, "--reuse-port", hidden=True, help="Share the port (set for --workers workers)."
     ),
     tls_cert: Path | None = typer.Option(  # noqa: UP007
         None, envvar=_env("tls_cert"), help="PEM certificate: serve the protocol over TLS."
@@ -121,13 +138,12 @@ def serve(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    if config.redis:
-        typer.echo("error: --redis (cluster mode) is not available in this version", err=True)
-        raise typer.Exit(2)
     from .logs import setup_logging
     from .server import serve as run_server
 
     setup_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        from .backplane.workers import supervise as run_server
     try:
         code = run_server(config)
     except (OSError, ValueError, StoreError) as err:

@@ -6,11 +6,14 @@ variable (Typer reads both; see cli.py). Validation happens here, once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .auth import is_loopback
 from .limits import Network, parse_networks
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,10 @@ class Config:
     notice_limit: int = 1000
     admin_token: str | None = None
     redis: str | None = None
+    node_id: str | None = None
+    node_ttl: float = 10.0
+    workers: int = 1
+    reuse_port: bool = False  # set by the --workers supervisor for its workers
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = "info"
@@ -74,7 +81,17 @@ class Config:
             (self.http_port == 0 or self.admin_token is not None or is_loopback(self.http_host),
              f"--http-host {self.http_host} is not a loopback address: set --admin-token "
              "(or CHATSRV_ADMIN_TOKEN) before exposing the admin API"),
+            (self.workers >= 1, "--workers must be at least 1"),
+            (self.workers == 1 or self.redis is not None,
+             "--workers needs --redis (each worker is a node of the cluster)"),
+            (self.node_ttl >= 0.5, "--node-ttl must be at least 0.5 seconds"),
+            (self.node_id is None or _NODE_ID.fullmatch(self.node_id) is not None,
+             "--node-id must be 1..64 of A-Z a-z 0-9 _ . -"),
         ]
+        if self.redis is not None:
+            from .backplane.conn import check_url
+
+            checks.append((check_url(self.redis) is None, check_url(self.redis) or ""))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

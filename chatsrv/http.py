@@ -146,13 +146,31 @@ class AdminAPI:
     # ------------------------------------------------------------ users
 
     def list_users(self, environ: dict) -> Response:
-        users = sorted(self.hub.users.values(), key=lambda u: u.key)
-        return 200, {"users": [self._user(u) for u in users]}
+        """Every user of the cluster; those of other nodes with what this node knows."""
+        users = [self._user(u) for u in self.hub.users.values()]
+        users.extend(self._remote_user(u) for u in self.hub.remote_users.values())
+        users.sort(key=lambda u: P.name_key(u["name"]))
+        return 200, {"users": users}
+
+    def _remote_user(self, user) -> dict:
+        groups = (self.hub.groups.get(k) for k in user.groups)
+        return {
+            "name": user.name,
+            "node": user.node,
+            "peer": user.peer,
+            "connected_at": P.utc_stamp(user.since),
+            "logged_in_at": P.utc_stamp(user.since),
+            "groups": sorted((g.name for g in groups if g is not None), key=P.name_key),
+            "bytes_in": None,
+            "bytes_out": None,
+            "sendq_bytes": None,
+        }
 
     def _user(self, user) -> dict:
         session = user.conn
         return {
             "name": user.name,
+            "node": self.server.backplane.node or None,
             "peer": session.peer,
             "connected_at": P.utc_stamp(session.connected_at),
             "logged_in_at": P.utc_stamp(user.since),
@@ -174,7 +192,7 @@ class AdminAPI:
     def list_groups(self, environ: dict) -> Response:
         groups = sorted(self.hub.groups.values(), key=lambda g: g.key)
         return 200, {"groups": [
-            {"name": g.name, "members": len(g.members), "created_at": P.utc_stamp(g.created_at),
+            {"name": g.name, "members": g.size(), "created_at": P.utc_stamp(g.created_at),
              "created_by": g.created_by or None}
             for g in groups
         ]}
@@ -183,12 +201,12 @@ class AdminAPI:
         group = self.hub.groups.get(P.name_key(P.normalize(name)))
         if group is None:
             raise HTTPError(404, f"no such group: {name}")
-        members = sorted(group.members.values(), key=lambda u: u.key)
+        members = [u.name for u in group.members.values()] + list(group.remote.values())
         return 200, {
             "name": group.name,
             "created_at": P.utc_stamp(group.created_at),
             "created_by": group.created_by or None,
-            "members": [u.name for u in members],
+            "members": sorted(members, key=P.name_key),
         }
 
     def create_group(self, environ: dict) -> Response:
@@ -217,9 +235,13 @@ class AdminAPI:
         limit = self.server.config.max_line - 1
         if len(text.encode()) > limit:
             raise HTTPError(400, f"text too long (max {limit} bytes)")
-        if group is not None and P.name_key(P.normalize(group)) not in self.hub.groups:
-            raise HTTPError(404, f"no such group: {group}")
+        target = None
+        if group is not None:
+            target = self.hub.groups.get(P.name_key(P.normalize(group)))
+            if target is None:
+                raise HTTPError(404, f"no such group: {group}")
         receivers = self.hub.announce(text, group)
+        receivers += self.server.backplane.announce(text, target)  # other nodes' users
         self.server.schedule_flush()
         audit.info("admin: announcement to %s, %d receivers (from %s)",
                    group or "everyone", receivers, environ.get("REMOTE_ADDR"))
@@ -231,7 +253,9 @@ class AdminAPI:
             "version": __version__,
             "started_at": P.utc_stamp(server.started_at),
             "uptime_seconds": round(time.time() - server.started_at, 3),
-            "users": len(self.hub.users),
+            "users": len(self.hub.users) + len(self.hub.remote_users),
+            "local_users": len(self.hub.users),
+            "cluster": self.server.backplane.status(),
             "groups": len(self.hub.groups),
             "connections": {"active": len(server.sessions), "total": server.connections_total,
                             "rejected": sum(server.rejected.values())},

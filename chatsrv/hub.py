@@ -57,6 +57,20 @@ class User:
         return f"User({self.name!r})"
 
 
+class RemoteUser:
+    """Cluster mode: a user logged in on another node, as this node's mirror knows it."""
+
+    __slots__ = ("name", "key", "node", "since", "peer", "groups")
+
+    def __init__(self, name: str, node: str, since: float, peer: str = "") -> None:
+        self.name = name
+        self.key = P.name_key(name)
+        self.node = node
+        self.since = since
+        self.peer = peer
+        self.groups: set[str] = set()  # group keys
+
+
 _PUSH = attrgetter("push")
 
 Entry = tuple[float, str, str]
@@ -66,6 +80,7 @@ Entry = tuple[float, str, str]
 class Group:
     __slots__ = (
         "name", "key", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
+        "remote",
     )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
@@ -77,6 +92,8 @@ class Group:
         self.history: deque[Entry] = deque(maxlen=history)
         self.unsaved = 0  # newest history entries not yet handed to the store
         self._pushes: list | None = None
+        # Cluster mode: members on other nodes, key -> display name (see `RemoteUser`).
+        self.remote: dict[str, str] = {}
 
     def add(self, user: User) -> None:
         self.members[user.key] = user
@@ -88,6 +105,10 @@ class Group:
     def remove(self, user: User) -> None:
         del self.members[user.key]
         self._pushes = None
+
+    def size(self) -> int:
+        """Members on every node (the local ones alone without a cluster)."""
+        return len(self.members) + len(self.remote)
 
     def pushes(self) -> list:
         """Members' queue appenders, rebuilt only after a membership change."""
@@ -124,6 +145,14 @@ class CreateFailed(Exception):
 
 class LoginRefused(Exception):
     """The name cannot be used; the text is the `error: ...` line."""
+
+
+class GroupTaken(Exception):
+    """Cluster mode: another node created a group of that name first."""
+
+
+class ClusterUnavailable(Exception):
+    """Cluster mode: Redis cannot be reached; the client hears `error: cluster unavailable`."""
 
 
 class GroupPending(Exception):
@@ -165,7 +194,25 @@ class Hub:
         self.reserved: dict[str, Group] = {}  # created, awaiting commit, not visible yet
         self.stats = Stats()
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
+        # Cluster mode (see `join_cluster`); without it these stay empty and None.
+        self.node = ""
+        self.outbox: list[tuple] | None = None  # what other nodes must hear, drained per turn
+        self.remote_users: dict[str, RemoteUser] = {}
+        self.unavailable = False  # Redis unreachable: commands needing it answer an error
+        # Replies that wait for Redis: ("history", user, group, count) reads, and
+        # ("join", user, group, None) when this node must first follow the group.
+        self.queries: list[tuple[str, User, Group, int | None]] = []
+        # Local joins whose event has not come back from Redis yet: a remote join or
+        # leave ordered before it in Redis is not this member's news (see remote_notice).
+        self.unconfirmed: set[tuple[str, str]] = set()
         self.add_group(GENERAL, created_by="")
+
+    def join_cluster(self, node: str) -> None:
+        """Cluster mode: record events for other nodes in `outbox` (the backplane drains
+        it once per loop turn, like `dirty`) and mirror the users of the other nodes."""
+        self.node = node
+        self.outbox = []
+        self.journal = None  # history goes to Redis with the message (the backplane's job)
 
     # ------------------------------------------------------------ delivery
 
@@ -186,11 +233,11 @@ class Hub:
         self.dirty.update(group.members.values())
         return len(group.members) - (skip is not None and skip.key in group.members)
 
-    def notice(self, group: Group, line: str, skip: User) -> None:
+    def notice(self, group: Group, line: str, skip: User | None) -> None:
         """Join/leave notices, suppressed in crowds so arrivals cost O(N), not O(N^2)."""
-        if self.notice_limit and len(group.members) + (skip.key not in group.members) > (
-            self.notice_limit
-        ):
+        if self.notice_limit and group.size() + (
+            skip is not None and skip.key not in group.members
+        ) > self.notice_limit:
             return
         self.stats.notices += self.fanout(group, P.encode(line), skip)
 
@@ -226,11 +273,13 @@ class Hub:
         if creator is not None and self.users.get(creator.key) is creator:
             self.reply(creator, P.created(group.name))
 
-    def group_not_committed(self, group: Group, creator: User | None) -> None:
-        """The store failed: the name is free again and the creator is told."""
+    def group_not_committed(self, group: Group, creator: User | None,
+                            line: str | None = None) -> None:
+        """The store failed (or, in a cluster, another node has the name): the name
+        is free again here and the creator is told (`line`, or the storage error)."""
         del self.reserved[group.key]
         if creator is not None and self.users.get(creator.key) is creator:
-            self.reply(creator, P.storage_failed(group.name))
+            self.reply(creator, line or P.storage_failed(group.name))
 
     def restore_group(
         self, name: str, created_by: str, created_at: float, entries: Iterable[Entry]
@@ -281,39 +330,55 @@ class Hub:
             raise ProtocolError(f"error: not a member of {group.name}")
         return group
 
-    def join_group(self, user: User, group: Group) -> None:
+    def join_group(self, user: User, group: Group, publish: bool = True) -> None:
         group.add(user)
         user.groups[group.key] = group
         self.notice(group, P.joined_notice(user.name, group.name), user)
+        if self.outbox is not None and publish:
+            self.outbox.append(("join", user, group))
+            self.unconfirmed.add((user.key, group.key))
 
     def leave_group(self, user: User, group: Group) -> None:
         # Notices go to the remaining members; the crowd size counts the leaver.
         self.notice(group, P.left_notice(user.name, group.name), user)
         group.remove(user)
         del user.groups[group.key]
+        if self.outbox is not None:
+            self.outbox.append(("leave", user, group))
+            self.unconfirmed.discard((user.key, group.key))
 
     # ------------------------------------------------------------ sessions
 
-    def login(self, name: str, conn: object = None) -> User:
-        """Register a user, put it in General; raises LoginRefused."""
+    def login(self, name: str, conn: object = None, announced: bool = False) -> User:
+        """Register a user, put it in General; raises LoginRefused.
+
+        `announced`: cluster mode, the claim already told every node (login and
+        joining General in one event, see backplane/node.py)."""
         started = self.timer() if self.timer is not None else 0.0
-        nfc = P.normalize(name.strip(P.SEPARATORS))
-        problem = P.name_problem(nfc)
-        if problem is not None:
-            raise LoginRefused(f"error: invalid username: {problem}")
+        nfc = self.check_name(name)
         key = P.name_key(nfc)
-        if key in self.users:
-            raise LoginRefused(f"error: username taken: {nfc}")
         user = User(nfc, conn, self.clock())
         self.users[key] = user
         self.stats.logins += 1
         self.reply(user, P.welcome(nfc))
         general = self.groups[P.name_key(GENERAL)]
-        self.join_group(user, general)
+        self.join_group(user, general, publish=not announced)
         self.reply(user, P.you_joined(general.name))
         if self.timer is not None:
             self.stats.login.observe(self.timer() - started)
         return user
+
+    def check_name(self, name: str) -> str:
+        """The NFC username of a login line if it is valid and free here; raises LoginRefused."""
+        nfc = P.normalize(name.strip(P.SEPARATORS))
+        problem = P.name_problem(nfc)
+        if problem is not None:
+            raise LoginRefused(f"error: invalid username: {problem}")
+        # In a cluster, Redis decides about the names of other nodes' users (the
+        # mirror may still show one that just left): see `Backplane.claim`.
+        if P.name_key(nfc) in self.users:
+            raise LoginRefused(f"error: username taken: {nfc}")
+        return nfc
 
     def logout(self, user: User, notify: bool = True) -> None:
         """The user leaves every group (with notices) and the name is free at once."""
@@ -324,9 +389,13 @@ class Hub:
                 self.leave_group(user, group)
             else:
                 group.remove(user)
+                if self.outbox is not None:  # other nodes still tell their members
+                    self.outbox.append(("leave", user, group))
         user.groups.clear()
         del self.users[user.key]
         self.dirty.discard(user)
+        if self.outbox is not None:
+            self.outbox.append(("logout", user))
 
     # ------------------------------------------------------------ commands
 
@@ -366,6 +435,7 @@ class Hub:
     # With a durable store the reply waits for the commit: the transport drains
     # `uncommitted` right after this call and answers through `group_committed`.
     def handle_create(self, user: User, args: tuple[str, ...]) -> None:
+        self._need_cluster()
         group = self.reserve_group(args[0], created_by=user.name)
         if self.durable:
             self.uncommitted.append((user, group))
@@ -377,6 +447,12 @@ class Hub:
         group = self.find_group(args[0])
         if group.key in user.groups:
             raise ProtocolError(f"error: already a member of {group.name}")
+        if self.outbox is not None and not group.members:
+            # The first member here: the reply waits until this node hears the
+            # group's channel, so nothing sent after it is missed (see backplane).
+            self.join_group(user, group)
+            self.queries.append(("join", user, group, None))
+            return
         self.reply(user, f"ok: joined group {group.name}")
         self.join_group(user, group)
 
@@ -388,11 +464,15 @@ class Hub:
 
     # groups
     def handle_groups(self, user: User, args: tuple[str, ...]) -> None:
+        self._need_cluster()
         self.reply(user, P.listing("groups", [g.name for g in self.groups.values()]))
 
     # users
     def handle_users(self, user: User, args: tuple[str, ...]) -> None:
-        self.reply(user, P.listing("users", [u.name for u in self.users.values()]))
+        self._need_cluster()
+        names = [u.name for u in self.users.values()]
+        names.extend(u.name for u in self.remote_users.values())
+        self.reply(user, P.listing("users", names))
 
     # public <group> <message>
     def handle_public(self, user: User, args: tuple[str, ...]) -> None:
@@ -404,6 +484,9 @@ class Hub:
         stats = self.stats
         stats.messages_public += 1
         stats.deliveries_public += self.fanout(group, data, user)
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.append(("public", group, data, user.name, text))
         if self.history_size:
             group.history.append((self.clock(), user.name, text))
             journal = self.journal
@@ -414,9 +497,18 @@ class Hub:
 
     # private <user> <message>
     def handle_private(self, user: User, args: tuple[str, ...]) -> None:
-        target = self.users.get(P.name_key(P.normalize(args[0])))
+        key = P.name_key(P.normalize(args[0]))
+        target = self.users.get(key)
         if target is None:
-            raise ProtocolError(f"error: no such user: {args[0]}")
+            remote = self.remote_users.get(key)
+            if remote is None:
+                raise ProtocolError(f"error: no such user: {args[0]}")
+            if P.has_control(args[1]):
+                raise ProtocolError("error: control characters are not allowed")
+            self._need_cluster()
+            self.outbox.append(("private", remote, P.encode(P.private_prefix(user.name) + args[1])))
+            self.stats.messages_private += 1  # the deliveries count on the receiving node
+            return
         if P.has_control(args[1]):
             raise ProtocolError("error: control characters are not allowed")
         self.send_line(target, P.encode(P.private_prefix(user.name) + args[1]))
@@ -434,6 +526,10 @@ class Hub:
             raise ProtocolError("error: history is disabled")
         group = self.member_group(user, args[0])
         count = P.parse_count(args[1] if len(args) > 1 else None)
+        if self.outbox is not None:  # the cluster's history is in Redis: read it there
+            self._need_cluster()
+            self.queries.append(("history", user, group, count))
+            return
         entries = list(group.history)[-count:]
         for at, sender, text in entries:
             self.reply(user, P.history_line(group.name, at, sender, text))
@@ -446,6 +542,115 @@ class Hub:
     # ping
     def handle_ping(self, user: User, args: tuple[str, ...]) -> None:
         self.reply(user, P.PONG)
+
+    def _need_cluster(self) -> None:
+        if self.unavailable:
+            raise ProtocolError(P.CLUSTER_UNAVAILABLE)
+
+    # ------------------------------------------------------------ other nodes
+    # Cluster mode: the backplane applies what other nodes published. Their users
+    # are mirrored (`remote_users`, `Group.remote`) so `users`, `private` and the
+    # notice limit are decided here without asking Redis; their public messages
+    # go through the same queues as local ones.
+
+    def remote_login(self, node: str, name: str, since: float, peer: str = "") -> None:
+        key = P.name_key(name)
+        if key in self.users:
+            return  # ours (a stale event of a name this node now holds)
+        user = self.remote_users.get(key)
+        if user is None or user.node != node:
+            if user is not None:
+                self._forget_remote(user)
+            self.remote_users[key] = RemoteUser(name, node, since, peer)
+
+    def remote_logout(self, key: str, node: str) -> None:
+        user = self.remote_users.get(key)
+        if user is not None and user.node == node:
+            self._forget_remote(user)
+
+    def forget_remote(self, key: str) -> None:
+        """Drop a mirrored user silently (Redis says the name is this node's now)."""
+        user = self.remote_users.get(key)
+        if user is not None:
+            self._forget_remote(user)
+
+    def _forget_remote(self, user: RemoteUser, notify: bool = False) -> None:
+        for gkey in list(user.groups):
+            self.remote_leave(user.key, gkey, user.node, notify)
+        del self.remote_users[user.key]
+
+    def remote_join(self, key: str, gkey: str, node: str, notify: bool = True) -> None:
+        user = self.remote_users.get(key)
+        group = self.groups.get(gkey)
+        if user is None or user.node != node or group is None or key in group.remote:
+            return
+        group.remote[key] = user.name
+        user.groups.add(gkey)
+        if notify and group.members:
+            self.remote_notice(group, P.joined_notice(user.name, group.name))
+
+    def remote_leave(self, key: str, gkey: str, node: str, notify: bool = True) -> None:
+        user = self.remote_users.get(key)
+        group = self.groups.get(gkey)
+        if user is None or user.node != node or group is None or key not in group.remote:
+            return
+        if notify and group.members:
+            self.remote_notice(group, P.left_notice(user.name, group.name))
+        del group.remote[key]
+        user.groups.discard(gkey)
+
+    def remote_notice(self, group: Group, line: str) -> None:
+        """A notice about another node's user, to the local members who were already
+        in the group in Redis's order (their own join came back before this event)."""
+        if self.notice_limit and group.size() > self.notice_limit:
+            return
+        if not self.unconfirmed:
+            self.stats.notices += self.fanout(group, P.encode(line), None)
+            return
+        data, gkey, n = P.encode(line), group.key, 0
+        for member in group.members.values():
+            if (member.key, gkey) not in self.unconfirmed:
+                self.send_line(member, data)
+                n += 1
+        self.stats.notices += n
+
+    def join_confirmed(self, key: str, gkey: str) -> None:
+        """This node's own join event came back from Redis."""
+        self.unconfirmed.discard((key, gkey))
+
+    def remote_public(self, gkey: str, data: bytes, count: int = 1) -> None:
+        """`count` public lines of another node, to every local member of the group."""
+        group = self.groups.get(gkey)
+        if group is not None and group.members:
+            self.stats.deliveries_public += self.fanout(group, data, None) * count
+
+    def remote_private(self, key: str, data: bytes) -> bool:
+        user = self.users.get(key)
+        if user is None:
+            return False
+        self.send_line(user, data)
+        self.stats.deliveries_private += 1
+        return True
+
+    def remote_group(self, name: str, created_by: str, created_at: float) -> None:
+        if P.name_key(name) not in self.groups:
+            self.add_group(name, created_by).created_at = created_at
+
+    def node_gone(self, node: str) -> list[str]:
+        """A node died (or left): its users leave their groups, with notices here."""
+        gone = [u for u in self.remote_users.values() if u.node == node]
+        for user in gone:
+            self._forget_remote(user, notify=True)
+        return [u.name for u in gone]
+
+    def node_state(self, node: str, users: list[tuple[str, float, str, list[str]]]) -> None:
+        """Replace, silently, what this node knows of `node`'s users and memberships."""
+        for user in [u for u in self.remote_users.values() if u.node == node]:
+            self._forget_remote(user)
+        for name, since, peer, gkeys in users:
+            self.remote_login(node, name, since, peer)
+            for gkey in gkeys:
+                self.remote_join(P.name_key(name), gkey, node, notify=False)
 
     # ------------------------------------------------------------ administration
 

@@ -113,9 +113,43 @@ class ChatCollector(Collector):
                      1 if server.stopping else 0)
         yield _gauge("chatsrv_max_clients", "The --max-clients limit.",
                      server.config.max_clients)
+        yield from _cluster(server)
         info = InfoMetricFamily("chatsrv_build", "chatsrv version and wire protocol version.")
         info.add_metric([], {"version": __version__, "protocol": "1"})
         yield info
+
+
+def _cluster(server: ChatServer) -> Iterator:
+    """Cluster mode (`--redis`): this node's view of the backplane."""
+    backplane = server.backplane
+    if not backplane.cluster:
+        return
+    hub, stats = server.hub, backplane.stats
+    info = InfoMetricFamily("chatsrv_cluster_node", "This node's id in the cluster.")
+    info.add_metric([], {"node": backplane.node})
+    yield info
+    yield _gauge("chatsrv_cluster_up", "1 while Redis is reachable and this node registered.",
+                 0 if hub.unavailable else 1)
+    yield _gauge("chatsrv_cluster_nodes", "Nodes with users that this node knows, itself included.",
+                 len({u.node for u in hub.remote_users.values()} | {backplane.node}))
+    yield _gauge("chatsrv_cluster_remote_users",
+                 "Users logged in on other nodes (chatsrv_users_active counts this node's).",
+                 len(hub.remote_users))
+    yield _gauge("chatsrv_cluster_subscribed_groups",
+                 "Group channels this node follows (groups with local members).",
+                 len(backplane.subscribed))
+    yield _counter("chatsrv_cluster_published", "Events sent to Redis (messages, joins, ...).",
+                   stats.published)
+    yield _counter("chatsrv_cluster_batches", "Pipelines sent to Redis (one per loop turn "
+                   "with events, at most).", stats.batches)
+    yield _counter("chatsrv_cluster_received", "Messages received from Redis pub/sub.",
+                   stats.received)
+    yield _counter("chatsrv_cluster_dropped", "Events not sent because Redis was unreachable "
+                   "(public messages of an outage reach this node's members only).",
+                   stats.dropped)
+    yield _counter("chatsrv_cluster_outages", "Times Redis became unreachable.", stats.outages)
+    yield _counter("chatsrv_cluster_reaped_nodes",
+                   "Dead nodes this node cleaned up (freed their names).", stats.reaped)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -169,6 +169,8 @@ LOGIN_TIMEOUT = b"error: login timeout\n"
 SHUTTING_DOWN = b"* server shutting down\n"
 KICKED = b"* disconnected by an administrator\n"
 BYE = "ok: bye"
+# Cluster mode (--redis): a command that needs Redis while it is unreachable.
+CLUSTER_UNAVAILABLE = "error: cluster unavailable"
 PONG = "ok: pong"
 HELP = "ok: commands: " + " ".join(COMMAND_WORDS)
 

@@ -22,9 +22,10 @@ from gevent.server import StreamServer
 
 from . import protocol as P
 from .auth import load_or_create_token
+from .backplane import open_backplane
 from .config import Config
 from .http import AdminHTTP
-from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub
+from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub, LoginRefused, User
 from .limits import PER_IP, RATE, AddressLimits
 from .ratelimit import RateLimiter
 from .session import Session
@@ -177,6 +178,11 @@ class ChatServer:
         self._tls = tls_context(config)
         self._listener: StreamServer | None = None
         self.http: AdminHTTP | None = None
+        # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
+        self.backplane = open_backplane(self)
+        if self.backplane.cluster:
+            self.writer.read_history = self.backplane.read_history
+            self.writer.follow = self.backplane.follow
 
     # ------------------------------------------------------------ lifecycle
 
@@ -195,13 +201,18 @@ class ChatServer:
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
         self.writer.start()
+        if self.config.reuse_port:  # a --workers worker: the port is shared
+            listener = _Listener(reuse_port_listener(self.config.host, self.config.port),
+                                 self._handle, self.admit)
+        else:
+            listener = _Listener((self.config.host, self.config.port), self._handle,
+                                 self.admit, backlog=4096)
+        listener.init_socket()  # bound before joining a cluster it could not serve
+        self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
             self.http = AdminHTTP(self, token)
             self.http.start()
-        listener = _Listener(
-            (self.config.host, self.config.port), self._handle, self.admit, backlog=4096
-        )
         listener.start()
         self._listener = listener
         self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
@@ -240,6 +251,7 @@ class ChatServer:
         deadline = time.monotonic() + self.config.shutdown_grace + 1.0
         while self.sessions and time.monotonic() < deadline:
             gevent.sleep(0.05)
+        self.backplane.stop()
         self.close_store()
         if self.http is not None:  # kept until now: /readyz said 503 during the drain
             self.http.stop()
@@ -358,6 +370,19 @@ class ChatServer:
             sock.close()
             return None
 
+    def login(self, text: str, session: Session) -> User:
+        """A username line: log in, cluster-wide with a backplane; raises LoginRefused."""
+        hub = self.hub
+        if hub.outbox is None:
+            return hub.login(text, session)
+        name = hub.check_name(text)
+        self.backplane.claim(name, session)  # this greenlet waits for Redis
+        try:
+            return hub.login(name, session, announced=True)
+        except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
+            self.backplane.abandon(name)
+            raise
+
     def session_logged_in(self, session: Session) -> None:
         self.unauth -= 1
         if self.config.rate_limit:
@@ -377,13 +402,15 @@ class ChatServer:
 
     def schedule_flush(self) -> None:
         """Flush once at the end of this loop turn, however many lines were queued."""
-        if not self._flush_pending and self.hub.dirty:
+        if not self._flush_pending and (self.hub.dirty or self.hub.outbox):
             self._flush_pending = True
             self.loop.run_callback(self.flush)
 
     def flush(self) -> None:
         self._flush_pending = False
         hub = self.hub
+        if hub.outbox:  # cluster mode: the publisher sends this turn's events
+            self.backplane.wake()
         dirty = hub.dirty
         if not dirty:
             return
@@ -416,18 +443,25 @@ class ChatServer:
             return group
         hub.uncommitted.append((None, group))
         self.writer.settle(self.writer.take_pending())
-        if hub.groups.get(group.key) is not group:
+        existing = hub.groups.get(group.key)
+        if existing is not None and existing is not group:  # another node's, in a cluster
+            raise GroupExists(f"error: group already exists: {existing.name}")
+        if existing is not group:
             raise CreateFailed(P.storage_failed(group.name))
         return group
 
-    def kick(self, name: str) -> str | None:
+    def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.
 
         The name is free when this returns, as after `exit`: the logout happens
-        here rather than when the session's greenlet next runs."""
+        here rather than when the session's greenlet next runs. A user of another
+        node is kicked there (cluster mode), and this waits until it is gone."""
         session = self.find_session(name)
         if session is None:
-            return None
+            if local_only:
+                return None
+            remote = self.backplane.kick(name)
+            return remote[0] if remote is not None else None
         user = session.user
         session.emit(P.KICKED)
         self.flush()
@@ -437,17 +471,39 @@ class ChatServer:
         return user.name
 
 
+def reuse_port_listener(host: str, port: int):
+    """A listening socket that other processes (the other workers) share: the
+    kernel spreads new connections over them (SO_REUSEPORT)."""
+    from gevent import socket as gsocket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    return sock
+
+
 def serve(config: Config) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
     limit = raise_fd_limit()
     tune_gevent()
     tune_gc()
-    store = open_store(config)
+    if config.redis:
+        from .backplane.store import RedisStore
+
+        store = RedisStore(config.redis)
+    else:
+        store = open_store(config)
+    server = None
     try:
         server = ChatServer(config, store)
         server.load()
         server.start()
     except BaseException:
+        if server is not None:
+            server.backplane.stop()  # leave a cluster it joined at once, not after a TTL
         store.close()
         raise
     log.info("open-files limit %d: room for about %d clients (max-clients %d)",

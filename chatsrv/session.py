@@ -266,7 +266,7 @@ class Session:
         if text is None:
             return False
         try:
-            self.user = self.server.hub.login(text, self)
+            self.user = self.server.login(text, self)
         except LoginRefused as refused:
             self.write(P.encode(str(refused)))
             return False
@@ -333,7 +333,7 @@ class Session:
             if hub.handle(user, text):
                 self.abort("exit")
                 return
-            if hub.uncommitted or hub.blocked:  # a reply waits for a group's commit
+            if hub.uncommitted or hub.blocked or hub.queries:  # a reply waits for the store
                 self._wait_for_store(lines[i + 1:])
                 return
 

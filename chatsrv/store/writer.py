@@ -25,6 +25,8 @@ import gevent
 from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
+from .. import protocol as P
+from ..hub import ClusterUnavailable, GroupTaken
 from .base import GroupRecord, Store
 
 if TYPE_CHECKING:
@@ -64,6 +66,10 @@ class StoreWriter:
         self._flusher = None
         self._commits: dict[str, Event] = {}  # group key -> set once its commit is decided
         self._failing_since: float | None = None
+        # Cluster mode: `history` reads Redis through the backplane, in order with
+        # this node's published messages (see backplane/node.py).
+        self.read_history = None
+        self.follow = None
         self._failure_logged = 0.0
 
     def start(self) -> None:
@@ -114,22 +120,25 @@ class StoreWriter:
 
     # ------------------------------------------------------------ groups
 
-    def take_pending(self) -> tuple[list, list]:
-        """The creates and blocked commands the last command left; the caller settles them.
+    def take_pending(self) -> tuple[list, list, list]:
+        """The creates, blocked commands and (cluster mode) history reads the last
+        command left; the caller settles them.
 
         Taken synchronously, right after the command that made them, so each
         session settles its own and its replies keep their order."""
         hub = self.hub
         created, hub.uncommitted = hub.uncommitted, []
         blocked, hub.blocked = hub.blocked, []
-        return created, blocked
+        queries, hub.queries = hub.queries, []
+        return created, blocked, queries
 
-    def settle(self, pending: tuple[list, list] | None = None) -> None:
+    def settle(self, pending: tuple[list, list, list] | None = None) -> None:
         """Commit the groups `create` reserved, then run again the commands that
-        named a group awaiting its commit. The calling greenlet waits; the loop does not."""
+        named a group awaiting its commit, then answer the history reads.
+        The calling greenlet waits; the loop does not."""
         hub = self.hub
-        created, blocked = pending if pending is not None else self.take_pending()
-        while created or blocked:
+        created, blocked, queries = pending if pending is not None else self.take_pending()
+        while created or blocked or queries:
             for creator, group in created:
                 self._commit(creator, group).wait()
             for user, group, line in blocked:
@@ -138,7 +147,34 @@ class StoreWriter:
                     done.wait()
                 if hub.users.get(user.key) is user:
                     hub.handle(user, line)  # may block again, on a newer reservation
-            created, blocked = self.take_pending()
+            for kind, user, group, arg in queries:
+                if kind == "history":
+                    self._answer_history(user, group, arg)
+                else:
+                    self._answer_join(user, group)
+            created, blocked, queries = self.take_pending()
+
+    def _answer_join(self, user: User, group: Group) -> None:
+        """Cluster mode: `ok: joined group` once this node follows the group's channel."""
+        self.follow(group)
+        if self.hub.users.get(user.key) is user:
+            self.hub.reply(user, f"ok: joined group {group.name}")
+        self.on_reply()
+
+    def _answer_history(self, user: User, group: Group, count: int) -> None:
+        """Cluster mode: `history` reads the group's list in Redis (`read_history`)."""
+        try:
+            entries = self.read_history(group, count)
+        except Exception as err:
+            log.warning("history of %s not read: %s", group.name, err)
+            lines = [P.CLUSTER_UNAVAILABLE]
+        else:
+            lines = [P.history_line(group.name, at, sender, text) for at, sender, text in entries]
+            lines.append(f"ok: end of history {group.name}")
+        if self.hub.users.get(user.key) is user:
+            for line in lines:
+                self.hub.reply(user, line)
+        self.on_reply()
 
     def _commit(self, creator: User | None, group: Group) -> Event:
         done = Event()
@@ -147,11 +183,20 @@ class StoreWriter:
         job = self.pool.spawn(self.store.create_group, record)
 
         def finish(job) -> None:
+            err = job.exception
             if job.successful():
                 self.stats.creates += 1
                 self.hub.group_committed(group, creator)
+            elif isinstance(err, GroupTaken):  # another node of the cluster was first
+                record = err.args[0]
+                self.hub.remote_group(record.name, record.created_by, record.created_at)
+                self.hub.group_not_committed(
+                    group, creator, f"error: group already exists: {record.name}")
+            elif isinstance(err, ClusterUnavailable):
+                log.warning("group %s not created: %s", group.name, err)
+                self.hub.group_not_committed(group, creator, P.CLUSTER_UNAVAILABLE)
             else:
-                log.error("group %s not created: the store failed: %s", group.name, job.exception)
+                log.error("group %s not created: the store failed: %s", group.name, err)
                 self.hub.group_not_committed(group, creator)
             del self._commits[group.key]
             self.on_reply()

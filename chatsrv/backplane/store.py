@@ -1,0 +1,106 @@
+"""Cluster mode's store: groups and history in Redis, shared by every node.
+
+It plugs into the same `StoreWriter` as SQLite (see chatsrv/store): `create`
+reserves the name in the hub and this store's `create_group` decides it in
+Redis, atomically across the cluster (another node's group of that name wins:
+`GroupTaken`); public messages are appended every `--flush-ms` in one
+pipeline, each group's list trimmed to `--history` (the cap). It runs on the
+writer's thread, so it uses plain blocking redis-py sockets there.
+
+An unreachable Redis raises `ClusterUnavailable`: `create` and `history`
+answer `error: cluster unavailable`, and history batches stay unsaved in the
+hub's rings and are retried by the writer, so a node's own messages of an
+outage reach Redis when it is back (bounded by the ring size).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..hub import ClusterUnavailable, GroupTaken
+from ..protocol import name_key
+from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
+from . import conn, keys
+
+log = logging.getLogger("chatsrv.backplane")
+
+GENERAL = "General"
+
+
+def _record(raw: bytes | str) -> GroupRecord:
+    data = json.loads(raw)
+    return GroupRecord(data["name"], data.get("by", ""), float(data.get("at", 0.0)))
+
+
+def _encode(record: GroupRecord) -> str:
+    return keys.dumps({"name": record.name, "by": record.created_by, "at": record.created_at})
+
+
+class RedisStore(Store):
+    kind = "redis"
+    durable = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = conn.thread_client(url)
+
+    def describe(self) -> str:
+        return f"redis {conn.describe(self.url)}"
+
+    def load(self, keep: int) -> list[LoadedGroup]:
+        """Every group of the cluster (General made if missing), each with its history."""
+        try:
+            self._create(GroupRecord(GENERAL, "", 0.0))
+            groups = [_record(raw) for raw in self.redis.hgetall(keys.GROUPS).values()]
+            if not keep:
+                return [LoadedGroup(g) for g in groups]
+            pipe = self.redis.pipeline(transaction=False)
+            for group in groups:
+                pipe.lrange(keys.history(name_key(group.name)), -keep, -1)
+            lists = pipe.execute()
+        except (ClusterUnavailable, *conn.ERRORS) as err:
+            raise StoreError(f"cannot reach Redis at {conn.describe(self.url)}: {err}") from None
+        return [LoadedGroup(g, [_entry(raw) for raw in entries])
+                for g, entries in zip(groups, lists, strict=True)]
+
+    def create_group(self, record: GroupRecord) -> None:
+        existing = self._create(record)
+        if existing is not None:
+            raise GroupTaken(existing)
+
+    def _create(self, record: GroupRecord) -> GroupRecord | None:
+        message = keys.dumps({"t": "group", "name": record.name, "by": record.created_by,
+                              "at": record.created_at})
+        try:
+            raw = self.redis.eval(keys.CREATE_GROUP, 1, keys.GROUPS, name_key(record.name),
+                                  _encode(record), keys.CTL, message)
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+        return _record(raw) if raw else None
+
+    def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, entries in batch:
+            key = keys.history(name_key(name))
+            pipe.rpush(key, *(keys.dumps(list(e)) for e in entries))
+            pipe.ltrim(key, -keep, -1)
+        try:
+            pipe.execute()
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def read_history(self, name: str, count: int) -> list[Entry]:
+        try:
+            raw = self.redis.lrange(keys.history(name_key(name)), -count, -1)
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+        return [_entry(r) for r in raw]
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _entry(raw: bytes) -> Entry:
+    at, sender, text = json.loads(raw)
+    return float(at), sender, text
