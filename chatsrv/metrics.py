@@ -114,9 +114,27 @@ class ChatCollector(Collector):
         yield _gauge("chatsrv_max_clients", "The --max-clients limit.",
                      server.config.max_clients)
         yield from _cluster(server)
+        yield from _store(server)
         info = InfoMetricFamily("chatsrv_build", "chatsrv version and wire protocol version.")
         info.add_metric([], {"version": __version__, "protocol": "1"})
         yield info
+
+
+def _store(server: ChatServer) -> Iterator:
+    """The durable store's writer thread: is history keeping up with the disk?"""
+    if not server.store.durable:
+        return
+    stats = server.writer.stats
+    yield _counter("chatsrv_store_flushes", "History batches committed.", stats.flushes)
+    yield _counter("chatsrv_store_messages_written", "History messages committed.",
+                   stats.messages)
+    yield _counter("chatsrv_store_groups_created", "Group creations committed.", stats.creates)
+    yield _counter("chatsrv_store_failures", "History writes that failed (retried at the "
+                   "next flush).", stats.failures)
+    yield _gauge("chatsrv_store_last_flush_seconds", "Duration of the last history commit.",
+                 stats.last_flush_s)
+    yield _gauge("chatsrv_store_max_flush_seconds", "Slowest history commit since start.",
+                 stats.max_flush_s)
 
 
 def _cluster(server: ChatServer) -> Iterator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,3 +219,30 @@ def test_dashboard_uses_only_exported_metrics(http_server, login):
     assert not missing, f"the dashboard queries metrics the server does not export: {missing}"
     assert {"chatsrv_fanout_seconds_bucket", "process_cpu_seconds_total",
             "chatsrv_deliveries_total"} <= used
+
+
+def test_store_metrics_count_what_reached_the_disk(http_server, login):
+    # The sqlite store (the default): every public message is written by the
+    # writer thread within a flush interval; metrics show it without SQL.
+    alice = login(http_server, "alice")
+    before = scrape(http_server)
+    assert alice.request("create ops") == "ok: created group ops"
+    assert alice.request("join ops") == "ok: joined group ops"
+    for i in range(7):
+        alice.send(f"public ops m{i}")
+    alice.sync()
+    deadline = time.monotonic() + 10  # a flush interval is 50 ms; generous for a loaded CI
+    while True:
+        after = scrape(http_server)
+        written = (value(after, "chatsrv_store_messages_written_total")
+                   - value(before, "chatsrv_store_messages_written_total"))
+        if written >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert written == 7
+    assert value(after, "chatsrv_store_groups_created_total") - value(
+        before, "chatsrv_store_groups_created_total") == 1
+    assert value(after, "chatsrv_store_failures_total") == 0
+    assert value(after, "chatsrv_store_flushes_total") > value(before, "chatsrv_store_flushes_total")
+    assert value(after, "chatsrv_store_max_flush_seconds") >= value(
+        after, "chatsrv_store_last_flush_seconds") > 0
