@@ -228,6 +228,11 @@ class Session:
         except OSError:
             pass
         self.server.session_closed(self, reason)
+        if self.user is not None:
+            # Session and User point at each other: break the cycle so a closed
+            # session is freed at once, not at the next full GC (the thresholds
+            # are high, see server.tune_gc; the soak showed RSS creeping).
+            self.user.conn = None
 
     def _take_queue(self) -> None:
         """Write what the hub queued for us: after logout no flush will (the hub forgot us)."""
