@@ -28,7 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+from bench.procstat import metric_value
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -59,14 +60,7 @@ class Server:
             time.sleep(0.05)
 
     def metric(self, name: str, **labels) -> float:
-        with urllib.request.urlopen(self.http + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                       if labels else "")
-        for line in text.splitlines():
-            if line.startswith(want + " "):
-                return float(line.split()[-1])
-        raise KeyError(want)
+        return metric_value(self.http, name, **labels)
 
     def rss_kb(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:

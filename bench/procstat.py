@@ -2,6 +2,7 @@
 
 import os
 import time
+import urllib.request
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -69,3 +70,15 @@ def _pct(start: float | None, pid: int | None, elapsed: float) -> float | None:
         return None
     end = cpu_seconds(pid)
     return None if end is None else round(100 * (end - start) / elapsed, 1)
+
+
+def metric_value(http_url: str, name: str, **labels) -> float:
+    """One sample from a server's /metrics, by exact name and labels (in exposition order)."""
+    with urllib.request.urlopen(http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+                   if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    raise KeyError(want)

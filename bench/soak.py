@@ -41,11 +41,12 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 from collections import defaultdict  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+
+from bench.procstat import metric_value  # noqa: E402
 
 SOAK_S = float(os.environ.get("SOAK_S", "300"))
 STEADY = int(os.environ.get("SOAK_STEADY", "20"))
@@ -294,14 +295,7 @@ class Server:
         return sorted(targets)
 
     def metric(self, name: str, **labels) -> float:
-        with urllib.request.urlopen(self.http + "/metrics", timeout=10) as response:
-            text = response.read().decode()
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-                       if labels else "")
-        for line in text.splitlines():
-            if line.startswith(want + " "):
-                return float(line.split()[-1])
-        raise KeyError(want)
+        return metric_value(self.http, name, **labels)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
