@@ -29,9 +29,7 @@ import tempfile
 import threading
 import time
 
-from bench.procstat import metric_value
-
-TICK = os.sysconf("SC_CLK_TCK")
+from bench.procstat import cpu_seconds, metric_value, rss_bytes
 
 
 class Server:
@@ -63,16 +61,13 @@ class Server:
         return metric_value(self.http, name, **labels)
 
     def rss_kb(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        rss = rss_bytes(self.proc.pid)
+        if rss is None:
+            raise RuntimeError(f"server {self.proc.pid} is gone")
+        return rss // 1024
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
+        return cpu_seconds(self.proc.pid) or 0.0
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

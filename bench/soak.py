@@ -46,7 +46,7 @@ from collections import defaultdict  # noqa: E402
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 
-from bench.procstat import metric_value  # noqa: E402
+from bench.procstat import metric_value, rss_bytes  # noqa: E402
 
 SOAK_S = float(os.environ.get("SOAK_S", "300"))
 STEADY = int(os.environ.get("SOAK_STEADY", "20"))
@@ -275,11 +275,10 @@ class Server:
             return f.read()
 
     def rss_kb(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        rss = rss_bytes(self.proc.pid)
+        if rss is None:
+            raise RuntimeError(f"server {self.proc.pid} is gone")
+        return rss // 1024
 
     def fds(self) -> int:
         return len(self.fd_targets())

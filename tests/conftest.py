@@ -222,32 +222,28 @@ class Client:
             pass
 
 
-@pytest.fixture
-def make_server(tmp_path):
+def _servers(tmp_path: Path, start):
+    """A factory fixture's body: servers started by `start`, all killed afterwards."""
     servers: list[RunningServer] = []
 
     def factory(**options) -> RunningServer:
-        server = start_server(tmp_path, **options)
+        server = start(tmp_path, **options)
         servers.append(server)
         return server
 
     yield factory
     for server in servers:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    yield from _servers(tmp_path, start_server)
 
 
 @pytest.fixture
 def make_http_server(tmp_path):
-    servers: list[RunningServer] = []
-
-    def factory(**options) -> RunningServer:
-        server = start_http_server(tmp_path, **options)
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        server.stop(signal.SIGKILL)
+    yield from _servers(tmp_path, start_http_server)
 
 
 @pytest.fixture
@@ -301,3 +297,15 @@ def tls_files(tmp_path_factory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+def stall_shutdown(server: RunningServer, login) -> None:
+    """SIGTERM a server that has a drain to do: a client that never reads holds
+    about 4 MB of queued lines, so shutdown lasts the server's grace period
+    (start it with shutdown_grace=3, sendq=16 << 20)."""
+    stalled = login(server, "stalled")
+    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    talker = login(server, "talker")
+    talker.send("".join(f"public General {'x' * 1000}\n" for _ in range(4000)))
+    talker.sync()
+    server.proc.send_signal(signal.SIGTERM)

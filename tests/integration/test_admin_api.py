@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Api, free_port
+from conftest import Api, free_port, stall_shutdown
 
 API = "/api/v1"
 ENDPOINTS = [
@@ -200,13 +200,7 @@ def test_stats(http_server, login):
 def test_readyz_is_503_while_shutting_down(make_http_server, login):
     server = make_http_server(rate_limit=0, shutdown_grace=3, sendq=16 << 20)
     api = server.api
-    # A client that never reads keeps the drain going for the grace period.
-    stalled = login(server, "stalled")
-    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    talker = login(server, "talker")
-    talker.send("".join(f"public General {'x' * 1000}\n" for _ in range(4000)))
-    talker.sync()
-    server.proc.send_signal(signal.SIGTERM)
+    stall_shutdown(server, login)
     deadline = time.monotonic() + 5
     status = 200
     while status == 200 and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from chatsrv_admin.cli import app
+from conftest import stall_shutdown
 from typer.testing import CliRunner
 
 ADMIN = [str(Path(sys.executable).parent / "chatsrv-admin")]
@@ -191,15 +192,8 @@ def test_script_exit_codes_and_one_line_errors(http_server, tmp_path):
 
 
 def test_health_is_1_while_shutting_down(make_http_server, login):
-    import socket
-
     server = make_http_server(rate_limit=0, shutdown_grace=3, sendq=16 << 20)
-    stalled = login(server, "stalled")
-    stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    talker = login(server, "talker")
-    talker.send("".join(f"public General {'x' * 1000}\n" for _ in range(4000)))
-    talker.sync()
-    server.proc.send_signal(signal.SIGTERM)
+    stall_shutdown(server, login)
     deadline = time.monotonic() + 5
     while server.api.get("/readyz", token=None)[0] == 200 and time.monotonic() < deadline:
         time.sleep(0.01)
