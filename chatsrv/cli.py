@@ -126,6 +126,12 @@ def serve(
         5.0, envvar=_env("shutdown_grace"),
         help="Seconds to flush queued lines at shutdown, exit, kick or login timeout.",
     ),
+    keepalive: float = typer.Option(
+        120.0, envvar=_env("keepalive"),
+        help="Seconds within which a peer that vanished without closing (network loss, "
+        "a sleeping laptop) is detected and disconnected, reason timeout: TCP keepalive "
+        "and TCP_USER_TIMEOUT (0 = off).",
+    ),
     log_level: str = typer.Option(
         "info", envvar=_env("log_level"), help="debug, info, warning or error."
     ),

@@ -51,6 +51,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     shutdown_grace: float = 5.0
+    keepalive: float = 120.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -69,6 +70,8 @@ class Config:
             (1 <= self.flush_ms <= 60_000, "--flush-ms must be 1..60000"),
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
+            (self.keepalive == 0 or 2 <= self.keepalive <= 86400,
+             "--keepalive must be 2..86400 seconds (0 = off)"),
             (self.log_format in ("text", "json"), "--log-format must be text or json"),
             (
                 self.log_level.lower() in ("debug", "info", "warning", "error"),

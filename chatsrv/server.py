@@ -27,7 +27,6 @@ from .config import Config
 from .http import AdminHTTP
 from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub, LoginRefused, User
 from .limits import PER_IP, RATE, AddressLimits
-from .ratelimit import RateLimiter
 from .session import Session
 from .store import MemoryStore, Store, open_store
 from .store.writer import StoreWriter
@@ -80,6 +79,34 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def keepalive_options(seconds: float) -> list[tuple[int, int, int]]:
+    """Socket options that notice a vanished peer within `seconds` (PROTOCOL.md v2,
+    "Dead peers"): an idle connection is probed after half of it, then `count`
+    probes `interval` apart fill the other half; TCP_USER_TIMEOUT bounds the time
+    sent data may stay unacknowledged (a peer gone while we were writing, which
+    keepalive alone leaves to the ~15-minute retransmission limit). The kernel
+    then fails the socket with ETIMEDOUT: the session ends with reason `timeout`."""
+    total = int(seconds)
+    idle = max(1, total // 2)
+    count = max(1, min(4, total - idle))
+    interval = max(1, (total - idle) // count)
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count),
+    ]
+    user_timeout = getattr(_stdsocket, "TCP_USER_TIMEOUT", None)  # Linux
+    if user_timeout is not None:
+        options.append((socket.IPPROTO_TCP, user_timeout, int(seconds * 1000)))
+    return options
+
+
+def set_keepalive(sock, seconds: float) -> None:
+    for level, option, value in keepalive_options(seconds):
+        sock.setsockopt(level, option, value)
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -347,6 +374,8 @@ class ChatServer:
     def _open_session(self, sock, address, key: str | None) -> Session | None:
         peer = f"{address[0]}:{address[1]}"
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.keepalive:
+            set_keepalive(sock, self.config.keepalive)
         tls = None
         if self._tls is not None:
             tls = self._tls_handshake(sock, peer)
@@ -385,8 +414,6 @@ class ChatServer:
 
     def session_logged_in(self, session: Session) -> None:
         self.unauth -= 1
-        if self.config.rate_limit:
-            session.limiter = RateLimiter(self.config.rate_limit, time.monotonic)
         log.info("login id=%d user=%s", session.id, session.user.name)
 
     def session_closed(self, session: Session, reason: str) -> None:

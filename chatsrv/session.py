@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import gevent
@@ -44,6 +45,19 @@ READ_SIZE = 65536
 # 64 KiB bytes per recv would be malloc'd and shrunk on every read.
 _RECV_BUF = bytearray(READ_SIZE)
 _RECV_VIEW = memoryview(_RECV_BUF)
+# PROTOCOL.md v2, "Dead peers and legacy clients": on a connection whose
+# username came without LF, bytes followed by this much silence are a line.
+LEGACY_SILENCE_S = 0.2
+# The login phase yields to the event loop after this many lines (and after
+# every read), so one connection flooding the prompt never delays anyone else,
+# whether the rate limit is on or off.
+LOGIN_YIELD_EVERY = 64
+
+
+def _reason(err: OSError) -> str:
+    """The disconnect reason of a socket error: a peer the kernel gave up on
+    (keepalive probes or TCP_USER_TIMEOUT unanswered: ETIMEDOUT) is `timeout`."""
+    return "timeout" if isinstance(err, TimeoutError) else "error"
 
 
 class SessionEnd(Exception):
@@ -62,7 +76,8 @@ class Session:
     __slots__ = (
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
-        "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key",
+        "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
+        "silence",
     )
 
     def __init__(self, server: ChatServer, sock, peer: str, sid: int, tls=None) -> None:
@@ -80,7 +95,9 @@ class Session:
         self.raw_send = sock._sock.send
         self.raw_recv_into = sock._sock.recv_into
         self.tls = tls
-        self.limiter: RateLimiter | None = None
+        # Every line counts, from the username prompt on (PROTOCOL.md v2, Limits).
+        rate = server.config.rate_limit
+        self.limiter = RateLimiter(rate, time.monotonic) if rate else None
         self.bytes_in = 0
         self.bytes_out = 0
         self.ending: str | None = None
@@ -92,6 +109,11 @@ class Session:
         # While reading is paused: the rate limit's timer, or the greenlet
         # waiting for a store commit (see _wait_for_store).
         self.paused = None
+        # A legacy client (the seed project's, which sends lines without LF):
+        # set once a prompt line was ended by silence; from then on, bytes
+        # followed by LEGACY_SILENCE_S of silence are a line (`silence` times it).
+        self.legacy = False
+        self.silence = None
 
     # ------------------------------------------------------------ output
 
@@ -114,8 +136,8 @@ class Session:
                 sent = self.raw_send(data)
             except BlockingIOError:
                 sent = 0
-            except OSError:
-                self.abort("error")
+            except OSError as err:
+                self.abort(_reason(err))
                 return
             self.bytes_out += sent
             if sent == len(data):
@@ -136,8 +158,8 @@ class Session:
                 self.sock.sendall(data)
                 self.bytes_out += len(data)
                 self.qbytes -= len(data)
-        except OSError:
-            self.abort("error")
+        except OSError as err:
+            self.abort(_reason(err))
         finally:
             self.writer = None
 
@@ -168,8 +190,8 @@ class Session:
         except LoginTimeout:
             reason = "timeout"
             self.write(P.LOGIN_TIMEOUT)
-        except (ConnectionError, TimeoutError, OSError):
-            reason = "error"
+        except OSError as err:
+            reason = _reason(err)
         except Exception:
             log.exception("session %d: server error", self.id)
             reason = "error"
@@ -181,6 +203,7 @@ class Session:
         self._handle_lines(lines, False)
         if self.tls is not None and self.ending is None:
             self._on_plaintext(self.tls.read_buffered())
+        self._watch_silence()
         self.server.schedule_flush()
 
     def _finish(self, reason: str) -> None:
@@ -204,6 +227,9 @@ class Session:
         # Stopping the watcher also clears its callback, so the gevent socket's
         # close finds no waiter to wake.
         self.sock._read_event.stop()
+        if self.silence is not None:
+            self.silence.close()
+            self.silence = None
         paused = self.paused
         if isinstance(paused, gevent.Greenlet):
             return  # a store commit in progress: it finishes, then sees `ending`
@@ -245,22 +271,51 @@ class Session:
     # ------------------------------------------------------------ login phase
 
     def _login_phase(self) -> list[bytes]:
-        """Prompt and read until a login; return the lines pipelined after it."""
+        """Prompt and read until a login; return the lines pipelined after it.
+
+        Every line at the prompt, valid or not, pays the rate limit (the
+        greenlet sleeps, so others run), and the loop gets a turn after every
+        read and every LOGIN_YIELD_EVERY lines: a flood at the prompt costs
+        only its sender time. Its replies go through `write`, so a flooder
+        that does not read is cut off at --sendq like anyone else."""
         server = self.server
         max_line = server.config.max_line
         recv = self.tls.recv if self.tls is not None else self._recv_shared
+        limiter = self.limiter
         self.write(P.PROMPT)
         with Timeout(server.config.login_timeout, LoginTimeout):
             while True:
-                data = recv(READ_SIZE)
-                if not data:
-                    raise SessionEnd("eof")
-                self.bytes_in += len(data)
-                lines = self._frame(data, max_line)
+                lines = self._read_login_lines(recv, max_line)
                 for i, line in enumerate(lines):
+                    delay = limiter.take() if limiter is not None else 0.0
+                    if delay > 0:
+                        gevent.sleep(delay)
+                    elif i % LOGIN_YIELD_EVERY == LOGIN_YIELD_EVERY - 1:
+                        gevent.sleep(0)
                     if self._try_login(line, max_line):
                         return lines[i + 1:]
                     self.write(P.PROMPT)
+                gevent.sleep(0)
+
+    def _read_login_lines(self, recv, max_line: int) -> list[bytes]:
+        """The next complete lines at the prompt (perhaps none).
+
+        A partial line followed by LEGACY_SILENCE_S of silence is a line, and
+        makes this a legacy connection (see `legacy`)."""
+        data = None
+        if self.rest and not self.discarding:
+            with Timeout(LEGACY_SILENCE_S, False):
+                data = recv(READ_SIZE)
+            if data is None:  # silence after a partial line: the seed client's way
+                self.legacy = True
+                line, self.rest = self.rest, b""
+                return [line]
+        else:
+            data = recv(READ_SIZE)
+        if not data:
+            raise SessionEnd("eof")
+        self.bytes_in += len(data)
+        return self._frame(data, max_line)
 
     def _recv_shared(self, size: int) -> bytes:
         n = self.sock.recv_into(_RECV_BUF, size)
@@ -286,8 +341,8 @@ class Session:
             n = self.raw_recv_into(_RECV_BUF)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            self.abort("error")
+        except OSError as err:
+            self.abort(_reason(err))
             return
         if n == 0:
             self.abort("eof")
@@ -305,6 +360,7 @@ class Session:
                 self.abort("eof")
                 return
         self._on_plaintext(data)
+        self._watch_silence()
         self.server.schedule_flush()
 
     def _on_plaintext(self, data: bytes) -> None:
@@ -322,11 +378,26 @@ class Session:
             self.abort("error")
 
     def _run_commands(self, lines: list[bytes], paid: bool) -> None:
+        """Run `lines` in order; stop at a rate-limit pause, a store wait, or once
+        the replies pending for this session pass --sendq (it is then ended with
+        reason `sendq` before another command runs: pipelined `history` or
+        `groups` cannot make the server hold more than about --sendq for it)."""
         hub = self.server.hub
         user = self.user
         limiter = self.limiter
         max_line = self.server.config.max_line
+        sendq = self.server.config.sendq
+        queue = user.queue
+        counted = len(queue)
+        pending = self.qbytes + sum(map(len, queue))
         for i, line in enumerate(lines):
+            n = len(queue)
+            if n != counted:  # the last line queued replies: count only the new ones
+                pending += sum(map(len, islice(queue, counted, n)))
+                counted = n
+                if pending > sendq:
+                    self.abort("sendq")
+                    return
             if limiter is not None and not (paid and i == 0):
                 delay = limiter.take()
                 if delay > 0:
@@ -360,6 +431,33 @@ class Session:
         self._handle_lines(lines, paid)
         if self.ending is None and self.paused is None:
             self.sock._read_event.start(self._on_readable)
+            self._watch_silence()
+        self.server.schedule_flush()
+
+    # ------------------------------------------------------------ legacy clients
+
+    def _watch_silence(self) -> None:
+        """A legacy connection with a partial line: (re)start the silence timer."""
+        if not self.legacy or self.ending is not None:
+            return
+        timer = self.silence
+        if timer is not None:
+            timer.stop()
+        if not self.rest or self.discarding:
+            return
+        if timer is None:
+            timer = self.silence = self.server.loop.timer(LEGACY_SILENCE_S)
+        timer.start(self._on_silence)
+
+    def _on_silence(self) -> None:
+        """LEGACY_SILENCE_S without a byte after a partial line: it is a line.
+
+        Not while reading is paused: the paused lines come first, and the
+        timer is started again when reading resumes."""
+        if self.ending is not None or self.paused is not None or not self.rest:
+            return
+        line, self.rest = self.rest, b""
+        self._handle_lines([line], False)
         self.server.schedule_flush()
 
     def _wait_for_store(self, lines: list[bytes]) -> None:
