@@ -31,6 +31,8 @@ import gevent
 from gevent import Timeout
 
 from . import protocol as P
+from .core import framing
+from .core.framing import LEGACY_SILENCE_S, FramingError
 from .hub import LoginRefused, User
 from .ratelimit import RateLimiter
 
@@ -45,9 +47,6 @@ READ_SIZE = 65536
 # 64 KiB bytes per recv would be malloc'd and shrunk on every read.
 _RECV_BUF = bytearray(READ_SIZE)
 _RECV_VIEW = memoryview(_RECV_BUF)
-# PROTOCOL.md v2, "Dead peers and legacy clients": on a connection whose
-# username came without LF, bytes followed by this much silence are a line.
-LEGACY_SILENCE_S = 0.2
 # The login phase yields to the event loop after this many lines (and after
 # every read), so one connection flooding the prompt never delays anyone else,
 # whether the rate limit is on or off. It yields with a short timer, not
@@ -308,13 +307,13 @@ class Session:
         A partial line followed by LEGACY_SILENCE_S of silence is a line, and
         makes this a legacy connection (see `legacy`)."""
         data = None
-        if self.rest and not self.discarding:
+        if framing.flush_partial(self.rest, self.discarding):
             with Timeout(LEGACY_SILENCE_S, False):
                 data = recv(READ_SIZE)
             if data is None:  # silence after a partial line: the seed client's way
                 self.legacy = True
-                line, self.rest = self.rest, b""
-                return [line]
+                lines, self.rest = framing.flush_partial(self.rest, self.discarding), b""
+                return lines
         else:
             data = recv(READ_SIZE)
         if not data:
@@ -459,10 +458,12 @@ class Session:
 
         Not while reading is paused: the paused lines come first, and the
         timer is started again when reading resumes."""
-        if self.ending is not None or self.paused is not None or not self.rest:
+        if self.ending is not None or self.paused is not None:
             return
-        line, self.rest = self.rest, b""
-        self._handle_lines([line], False)
+        lines = framing.flush_partial(self.rest, self.discarding)
+        if lines:
+            self.rest = b""
+            self._handle_lines(lines, False)
         self.server.schedule_flush()
 
     def _wait_for_store(self, lines: list[bytes]) -> None:
@@ -485,29 +486,14 @@ class Session:
 
     def _frame(self, data: bytes, max_line: int) -> list[bytes]:
         """Complete lines of `data` after what was left of the last read."""
-        rest = self.rest
-        lines = (rest + data if rest else data).split(b"\n")
-        rest = lines.pop()
-        if self.discarding and lines:
-            del lines[0]
-            self.discarding = False
-        if len(rest) >= max_line:
-            if not self.discarding:
-                lines.append(rest)  # reported as too long, like a complete one
-                self.discarding = True
-            rest = b""
-        self.rest = rest
+        lines, self.rest, self.discarding = framing.split(self.rest, self.discarding, data,
+                                                          max_line)
         return lines
 
     def _decode(self, line: bytes, max_line: int) -> str | None:
         """A framed line as text, or None after replying with its framing error."""
-        if len(line) >= max_line:
-            self.emit(P.line_too_long(max_line))
-            return None
-        if line.endswith(b"\r"):
-            line = line[:-1]
         try:
-            return line.decode()
-        except UnicodeDecodeError:
-            self.emit(P.INVALID_UTF8)
+            return framing.decode(line, max_line)
+        except FramingError as err:
+            self.emit(err.reply)
             return None

@@ -1,0 +1,5 @@
+"""The sans-I/O core: plain Python, no sockets, no gevent, no clock of its own.
+
+Being built up piece by piece (see docs/architecture in the restructure issue);
+so far the line framing lives here.
+"""
