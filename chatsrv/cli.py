@@ -93,6 +93,17 @@ def serve(
         1000, envvar=_env("notice_limit"),
         help="No join/leave notices in groups with more members than this (0 = always).",
     ),
+    max_groups: int = typer.Option(
+        10000, envvar=_env("max_groups"),
+        help="Most groups (General and every node's included); a create beyond it gets "
+        "'error: too many groups (max N)'.",
+    ),
+    create_rate: float = typer.Option(
+        10.0, envvar=_env("create_rate"),
+        help="Groups created per minute per client address (an IPv6 /64 counts as one), "
+        "burst twice that; more get 'error: creating groups too fast, try again later' "
+        "(0 = off).",
+    ),
     admin_token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
         None, envvar=_env("admin_token"), help="Bearer token for the admin API."
     ),

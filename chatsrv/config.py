@@ -40,6 +40,8 @@ class Config:
     rate_limit: float = 100.0
     history: int = 1000
     notice_limit: int = 1000
+    max_groups: int = 10000
+    create_rate: float = 10.0
     admin_token: str | None = None
     redis: str | None = None
     node_id: str | None = None
@@ -68,6 +70,8 @@ class Config:
             (self.store in ("sqlite", "memory"), "--store must be sqlite or memory"),
             (1 <= self.flush_ms <= 60_000, "--flush-ms must be 1..60000"),
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
+            (self.max_groups >= 1, "--max-groups must be at least 1 (General counts)"),
+            (self.create_rate >= 0, "--create-rate must be >= 0 (0 = off)"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
             (self.log_format in ("text", "json"), "--log-format must be text or json"),
             (

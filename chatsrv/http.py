@@ -8,13 +8,16 @@ Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
     GET  /api/v1/users                 logged-in users with connection details
     POST /api/v1/users/{name}/kick     end that session, reason `kicked`
     GET  /api/v1/groups                every group with its member count
-    POST /api/v1/groups  {"name"}      create a group (409 when it exists)
+    POST /api/v1/groups  {"name"}      create a group (409 when it exists or when
+                                       --max-groups is reached)
     GET  /api/v1/groups/{name}         one group and its members
+    DELETE /api/v1/groups/{name}       delete a group and its history (204; General: 400)
     POST /api/v1/announce {"text", "group"?}   `* announcement: <text>`
     GET  /api/v1/stats                 uptime, users, groups, counters
 
 Errors are `{"error": "..."}`: 400 bad JSON or field, 401, 404 unknown name or
-path, 405 wrong method, 409 group exists, 413 body too large.
+path, 405 wrong method, 409 group exists or too many groups, 413 body too large,
+503 the store failed.
 Handlers run in their own greenlets on the chat server's loop, so they read and
 change the hub directly, like a session does, without locks.
 """
@@ -35,7 +38,7 @@ from prometheus_client import make_wsgi_app
 from . import __version__
 from . import protocol as P
 from .auth import bearer_ok
-from .hub import CreateFailed, GroupExists
+from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
 from .metrics import DISCONNECT_REASONS, make_registry
 
 if TYPE_CHECKING:
@@ -49,8 +52,8 @@ MAX_BODY = 64 * 1024
 HTTP_CONNECTIONS = 64  # concurrent HTTP requests; the chat clients come first
 
 STATUS = {
-    200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 401: "401 Unauthorized",
-    404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
+    200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
+    401: "401 Unauthorized", 404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
     413: "413 Payload Too Large", 500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
@@ -81,6 +84,7 @@ class AdminAPI:
             ("GET", re.compile(r"/groups"), self.list_groups),
             ("POST", re.compile(r"/groups"), self.create_group),
             ("GET", re.compile(r"/groups/([^/]+)"), self.show_group),
+            ("DELETE", re.compile(r"/groups/([^/]+)"), self.delete_group),
             ("POST", re.compile(r"/announce"), self.announce),
             ("GET", re.compile(r"/stats"), self.stats),
         ]
@@ -107,6 +111,9 @@ class AdminAPI:
         except Exception:
             log.exception("admin HTTP request %s %s failed", method, environ.get("PATH_INFO"))
             status, body, headers = 500, {"error": "internal server error"}, []
+        if status == 204:
+            start_response(STATUS[status], [("Cache-Control", "no-store"), *headers])
+            return []
         data = json.dumps(body, ensure_ascii=False).encode() + b"\n"
         start_response(STATUS[status], [
             ("Content-Type", "application/json; charset=utf-8"),
@@ -213,7 +220,7 @@ class AdminAPI:
         name = _field(_body(environ), "name", required=True)
         try:
             group = self.server.create_group(name)
-        except GroupExists as err:
+        except (GroupExists, TooManyGroups) as err:
             raise HTTPError(409, _text(err)) from None
         except CreateFailed as err:
             raise HTTPError(503, _text(err)) from None
@@ -221,6 +228,18 @@ class AdminAPI:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
+
+    def delete_group(self, environ: dict, name: str) -> Response:
+        try:
+            deleted = self.server.delete_group(name)
+        except DeleteFailed as err:
+            raise HTTPError(503, _text(err)) from None
+        except P.ProtocolError as err:
+            raise HTTPError(400, _text(err)) from None
+        if deleted is None:
+            raise HTTPError(404, f"no such group: {name}")
+        audit.info("admin: deleted group=%s (from %s)", deleted, environ.get("REMOTE_ADDR"))
+        return 204, None
 
     # ------------------------------------------------------------ announce, stats
 
