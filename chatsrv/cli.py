@@ -104,6 +104,11 @@ def serve(
         "burst twice that; more get 'error: creating groups too fast, try again later' "
         "(0 = off).",
     ),
+    http_timeout: float = typer.Option(
+        10.0, envvar=_env("http_timeout"),
+        help="Seconds an HTTP client has to send a whole request (headers and body), and "
+        "that an idle keep-alive connection is kept; then it is closed.",
+    ),
     admin_token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
         None, envvar=_env("admin_token"), help="Bearer token for the admin API."
     ),

@@ -42,6 +42,7 @@ class Config:
     notice_limit: int = 1000
     max_groups: int = 10000
     create_rate: float = 10.0
+    http_timeout: float = 10.0
     admin_token: str | None = None
     redis: str | None = None
     node_id: str | None = None
@@ -72,6 +73,7 @@ class Config:
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
             (self.max_groups >= 1, "--max-groups must be at least 1 (General counts)"),
             (self.create_rate >= 0, "--create-rate must be >= 0 (0 = off)"),
+            (self.http_timeout > 0, "--http-timeout must be positive"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
             (self.log_format in ("text", "json"), "--log-format must be text or json"),
             (
