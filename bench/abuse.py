@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import site
 import socket
 import statistics
 import subprocess
@@ -56,13 +57,15 @@ class Line:
 
 def start(pythonpath: str | None, data: str, http_port: int) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    args = [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--store", "memory",
+    python = [sys.executable]
+    if pythonpath:  # -S: the editable install's import hook would win over PYTHONPATH
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, *site.getsitepackages()])
+        python.append("-S")
+    args = [*python, "-m", "chatsrv", "serve", "--port", "0", "--store", "memory",
             "--rate-limit", "0", "--http-port", str(http_port), "--data-dir", data]
     log = Path(data) / "server.log"
     Path(data).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(args + ["--create-rate", "0"] if _knows_rate(env) else args,
+    proc = subprocess.Popen(args + ["--create-rate", "0"] if _knows_rate(python, env) else args,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -74,8 +77,8 @@ def start(pythonpath: str | None, data: str, http_port: int) -> tuple[subprocess
     raise SystemExit(f"server did not start:\n{log.read_text()}")
 
 
-def _knows_rate(env: dict) -> bool:
-    out = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--help"], env=env,
+def _knows_rate(python: list[str], env: dict) -> bool:
+    out = subprocess.run([*python, "-m", "chatsrv", "serve", "--help"], env=env,
                          capture_output=True, text=True).stdout
     return "--create-rate" in out
 
@@ -116,6 +119,7 @@ def healthz(http_port: int, held: int) -> None:
         sock = socket.create_connection(("127.0.0.1", http_port), timeout=10)
         sock.sendall(HALF)
         socks.append(sock)
+    time.sleep(1.0)  # let the server accept them all before the first probe
     times = []
     for _ in range(20):
         started = time.monotonic()
