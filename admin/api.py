@@ -50,6 +50,9 @@ class AdminClient:
     def create(self, name: str) -> dict:
         return self._api("POST", "/groups", {"name": name})
 
+    def delete_group(self, name: str) -> dict:
+        return self._api("DELETE", "/groups/" + _quote(name))
+
     def kick(self, name: str) -> dict:
         return self._api("POST", f"/users/{_quote(name)}/kick", {})
 
@@ -68,7 +71,7 @@ class AdminClient:
         return self._request(method, "/api/v1" + path, body, auth=True)[1]
 
     def _request(self, method: str, path: str, body: dict | None = None, *, auth: bool,
-                 accept: tuple[int, ...] = (200, 201)) -> tuple[int, dict]:
+                 accept: tuple[int, ...] = (200, 201, 204)) -> tuple[int, dict]:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -79,6 +82,8 @@ class AdminClient:
         request = urllib.request.Request(self.base + path, data, headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                if response.status == 204:  # done, nothing to say
+                    return 204, {}
                 return response.status, _json(response.read())
         except urllib.error.HTTPError as err:
             payload = _json(err.read(), strict=False)

@@ -84,8 +84,8 @@ def _token_from(path: Path) -> tuple[str | None, str | None]:
     return (token, None) if token else (None, f"{path} is empty")
 
 
-def command(fn: Callable) -> Callable:
-    """Register `fn` as a command whose AdminErrors become one line and an exit code."""
+def _guarded(fn: Callable) -> Callable:
+    """`fn` with its AdminErrors turned into one line and an exit code."""
 
     @wraps(fn)
     def run(*args, **kwargs):
@@ -95,7 +95,12 @@ def command(fn: Callable) -> Callable:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.code) from None
 
-    return app.command()(run)
+    return run
+
+
+def command(fn: Callable) -> Callable:
+    """Register `fn` as a command whose AdminErrors become one line and an exit code."""
+    return app.command()(_guarded(fn))
 
 
 def _opts(ctx: typer.Context, json_out: bool) -> Options:
@@ -138,10 +143,35 @@ def users(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
     console.print(table)
 
 
-@command
+groups_app = typer.Typer(
+    add_completion=False, pretty_exceptions_enable=False, invoke_without_command=True,
+    help="Every group with its member count; `groups delete NAME` deletes one.",
+)
+app.add_typer(groups_app, name="groups")
+
+
+@groups_app.callback()
+@_guarded
 def groups(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
-    """Every group with its member count."""
+    """Every group with its member count; `groups delete NAME` deletes one."""
+    if ctx.invoked_subcommand is None:
+        _list_groups(_opts(ctx, json_out))
+
+
+@groups_app.command()
+@_guarded
+def delete(ctx: typer.Context, name: str = typer.Argument(..., help="Group to delete."),
+           json_out: bool = JsonFlag) -> None:
+    """Delete a group and its history, on every node. Its members receive
+    `* group NAME was deleted by an administrator`; General cannot be deleted."""
     opts = _opts(ctx, json_out)
+    opts.client().delete_group(name)
+    if opts.json:
+        return _print_json({"deleted": name})
+    console.print(Text(f"deleted group {name}"))
+
+
+def _list_groups(opts: Options) -> None:
     payload = opts.client().groups()
     if opts.json:
         return _print_json(payload)

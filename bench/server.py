@@ -77,6 +77,7 @@ class Server:
             ("--host", "127.0.0.1"),
             ("--port", str(self.port)),
             ("--rate-limit", "0"),
+            ("--create-rate", "0"),  # every bench client is 127.0.0.1: one address
             ("--http-port", "0"),
             ("--data-dir", os.path.join(self.dir, "data")),
             ("--max-clients", "20000"),

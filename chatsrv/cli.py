@@ -93,6 +93,22 @@ def serve(
         1000, envvar=_env("notice_limit"),
         help="No join/leave notices in groups with more members than this (0 = always).",
     ),
+    max_groups: int = typer.Option(
+        10000, envvar=_env("max_groups"),
+        help="Most groups (General and every node's included); a create beyond it gets "
+        "'error: too many groups (max N)'.",
+    ),
+    create_rate: float = typer.Option(
+        10.0, envvar=_env("create_rate"),
+        help="Groups created per minute per client address (an IPv6 /64 counts as one), "
+        "burst twice that; more get 'error: creating groups too fast, try again later' "
+        "(0 = off).",
+    ),
+    http_timeout: float = typer.Option(
+        10.0, envvar=_env("http_timeout"),
+        help="Seconds an HTTP client has to send a whole request (headers and body), and "
+        "that an idle keep-alive connection is kept; then it is closed.",
+    ),
     admin_token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
         None, envvar=_env("admin_token"), help="Bearer token for the admin API."
     ),

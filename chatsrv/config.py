@@ -40,6 +40,9 @@ class Config:
     rate_limit: float = 100.0
     history: int = 1000
     notice_limit: int = 1000
+    max_groups: int = 10000
+    create_rate: float = 10.0
+    http_timeout: float = 10.0
     admin_token: str | None = None
     redis: str | None = None
     node_id: str | None = None
@@ -69,6 +72,9 @@ class Config:
             (self.store in ("sqlite", "memory"), "--store must be sqlite or memory"),
             (1 <= self.flush_ms <= 60_000, "--flush-ms must be 1..60000"),
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
+            (self.max_groups >= 1, "--max-groups must be at least 1 (General counts)"),
+            (self.create_rate >= 0, "--create-rate must be >= 0 (0 = off)"),
+            (self.http_timeout > 0, "--http-timeout must be positive"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
             (self.keepalive == 0 or 2 <= self.keepalive <= 86400,
              "--keepalive must be 2..86400 seconds (0 = off)"),

@@ -8,19 +8,30 @@ Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
     GET  /api/v1/users                 logged-in users with connection details
     POST /api/v1/users/{name}/kick     end that session, reason `kicked`
     GET  /api/v1/groups                every group with its member count
-    POST /api/v1/groups  {"name"}      create a group (409 when it exists)
+    POST /api/v1/groups  {"name"}      create a group (409 when it exists or when
+                                       --max-groups is reached)
     GET  /api/v1/groups/{name}         one group and its members
+    DELETE /api/v1/groups/{name}       delete a group and its history (204; General: 400)
     POST /api/v1/announce {"text", "group"?}   `* announcement: <text>`
     GET  /api/v1/stats                 uptime, users, groups, counters
 
 Errors are `{"error": "..."}`: 400 bad JSON or field, 401, 404 unknown name or
-path, 405 wrong method, 409 group exists, 413 body too large.
+path, 405 wrong method, 409 group exists or too many groups, 413 body too large,
+503 the store failed.
 Handlers run in their own greenlets on the chat server's loop, so they read and
 change the hub directly, like a session does, without locks.
+
+Slow clients (slowloris): a connection has `--http-timeout` seconds (10) to send
+its whole request, headers and body, and an idle keep-alive connection gets
+the same; then it is closed (`_DeadlineHandler`). The body is read before the
+application runs, so a handler never waits on a client. Connections that have
+not sent a complete request are capped (`HTTP_WAITING`): past the cap the one
+that has waited longest is closed, so /healthz and /metrics always get in.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -28,14 +39,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import gevent
+from gevent import Timeout
 from gevent.pool import Pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+from gevent.pywsgi import Input, LoggingLogAdapter, WSGIHandler, WSGIServer
 from prometheus_client import make_wsgi_app
 
 from . import __version__
 from . import protocol as P
 from .auth import bearer_ok
-from .hub import CreateFailed, GroupExists
+from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
 from .metrics import DISCONNECT_REASONS, make_registry
 
 if TYPE_CHECKING:
@@ -46,11 +59,16 @@ audit = logging.getLogger("chatsrv.admin")
 
 API = "/api/v1"
 MAX_BODY = 64 * 1024
-HTTP_CONNECTIONS = 64  # concurrent HTTP requests; the chat clients come first
+# Connections at once. Each costs a greenlet and a descriptor, no more: requests
+# are small and quick, and the chat clients come first.
+HTTP_CONNECTIONS = 1024
+# Of those, connections still sending their request (or idle between two): past
+# this the oldest is closed, so slow senders can never take every connection.
+HTTP_WAITING = 256
 
 STATUS = {
-    200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 401: "401 Unauthorized",
-    404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
+    200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
+    401: "401 Unauthorized", 404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict",
     413: "413 Payload Too Large", 500: "500 Internal Server Error",
     503: "503 Service Unavailable",
 }
@@ -81,6 +99,7 @@ class AdminAPI:
             ("GET", re.compile(r"/groups"), self.list_groups),
             ("POST", re.compile(r"/groups"), self.create_group),
             ("GET", re.compile(r"/groups/([^/]+)"), self.show_group),
+            ("DELETE", re.compile(r"/groups/([^/]+)"), self.delete_group),
             ("POST", re.compile(r"/announce"), self.announce),
             ("GET", re.compile(r"/stats"), self.stats),
         ]
@@ -107,6 +126,9 @@ class AdminAPI:
         except Exception:
             log.exception("admin HTTP request %s %s failed", method, environ.get("PATH_INFO"))
             status, body, headers = 500, {"error": "internal server error"}, []
+        if status == 204:
+            start_response(STATUS[status], [("Cache-Control", "no-store"), *headers])
+            return []
         data = json.dumps(body, ensure_ascii=False).encode() + b"\n"
         start_response(STATUS[status], [
             ("Content-Type", "application/json; charset=utf-8"),
@@ -213,7 +235,7 @@ class AdminAPI:
         name = _field(_body(environ), "name", required=True)
         try:
             group = self.server.create_group(name)
-        except GroupExists as err:
+        except (GroupExists, TooManyGroups) as err:
             raise HTTPError(409, _text(err)) from None
         except CreateFailed as err:
             raise HTTPError(503, _text(err)) from None
@@ -221,6 +243,18 @@ class AdminAPI:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
+
+    def delete_group(self, environ: dict, name: str) -> Response:
+        try:
+            deleted = self.server.delete_group(name)
+        except DeleteFailed as err:
+            raise HTTPError(503, _text(err)) from None
+        except P.ProtocolError as err:
+            raise HTTPError(400, _text(err)) from None
+        if deleted is None:
+            raise HTTPError(404, f"no such group: {name}")
+        audit.info("admin: deleted group=%s (from %s)", deleted, environ.get("REMOTE_ADDR"))
+        return 204, None
 
     # ------------------------------------------------------------ announce, stats
 
@@ -318,14 +352,91 @@ def _text(err: Exception) -> str:
 # ---------------------------------------------------------------- the server
 
 
+class _DeadlineHandler(WSGIHandler):
+    """pywsgi's handler with a deadline on everything the client must send.
+
+    Each request (and the wait for it on a keep-alive connection) runs under a
+    `gevent.Timeout` of `--http-timeout` seconds, from the first byte awaited to
+    the last byte of the body; the body is read here, before the application
+    runs, so the deadline never covers our own work (a create waiting for the
+    store) and never cuts a response. While it waits, the handler is listed in
+    `server.waiting` (oldest first), which `_DeadlineServer` caps."""
+
+    def handle_one_request(self):
+        server = self.server
+        deadline = self._deadline = Timeout(server.request_timeout)
+        server.waiting[self] = gevent.getcurrent()
+        server.evict_oldest()
+        deadline.start()
+        try:
+            return super().handle_one_request()
+        except Timeout as err:
+            if err is not deadline:
+                raise
+            server.timed_out += 1
+            return None  # `handle` closes the socket
+        finally:
+            deadline.close()
+            server.waiting.pop(self, None)
+
+    def handle_one_response(self):
+        self._read_body()
+        self._deadline.close()
+        self.server.waiting.pop(self, None)
+        super().handle_one_response()
+
+    def _read_body(self) -> None:
+        """The whole body (at most MAX_BODY bytes) into memory, within the deadline.
+        A larger body is not read: the application answers 413 from Content-Length
+        (or sees a truncated body) and the connection is closed after the answer."""
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        stream = self.wsgi_input
+        if length > MAX_BODY:
+            body = b""
+            self.close_connection = True
+        else:
+            body = stream.read(MAX_BODY + 1)
+            if len(body) > MAX_BODY:
+                self.close_connection = True
+                body = body[:MAX_BODY]
+        if self.close_connection:
+            stream.content_length, stream.chunked_input = 0, False  # nothing left to discard
+        self.wsgi_input = Input(io.BytesIO(body), len(body))
+        self.environ["wsgi.input"] = self.wsgi_input
+
+
+class _DeadlineServer(WSGIServer):
+    """A WSGIServer whose connections still waiting for a request are capped."""
+
+    handler_class = _DeadlineHandler
+
+    def __init__(self, *args, request_timeout: float, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.request_timeout = request_timeout
+        self.waiting: dict[_DeadlineHandler, gevent.Greenlet] = {}
+        self.timed_out = 0  # closed at the deadline
+        self.evicted = 0  # closed to make room
+
+    def evict_oldest(self) -> None:
+        while len(self.waiting) > HTTP_WAITING:
+            handler = next(iter(self.waiting))
+            greenlet = self.waiting.pop(handler)
+            self.evicted += 1
+            greenlet.kill(block=False)  # GreenletExit in its read; `handle` closes
+
+
 class AdminHTTP:
     """pywsgi on `--http-host:--http-port`, on the chat server's own gevent loop."""
 
     def __init__(self, server: ChatServer, token: str) -> None:
         config = server.config
         self.app = AdminAPI(server, token)
-        self.wsgi = WSGIServer(
+        self.wsgi = _DeadlineServer(
             (config.http_host, config.http_port), self.app,
+            request_timeout=config.http_timeout,
             spawn=Pool(HTTP_CONNECTIONS),
             # Access lines at debug: Prometheus scrapes every few seconds.
             log=LoggingLogAdapter(logging.getLogger("chatsrv.http.access"), logging.DEBUG),

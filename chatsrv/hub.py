@@ -20,6 +20,14 @@ the transport hands it to the store, the same way it drains `dirty`:
 - `blocked`: commands that named a group still awaiting its commit (a second
   `create`, a `join`); the transport runs them again once it is settled, so
   nobody hears "already exists" about a group that `join` cannot find yet.
+
+Limits (PROTOCOL.md "Limits every user lives within"): `create` counts every
+group this hub knows (General, those reserved awaiting their commit, and in a
+cluster those of every node) against `max_groups`, then spends a token of the
+creator's address in `create_rate` (`createrate.py`). The `groups` reply is
+encoded once and cached until the set of groups changes, so a burst of
+`groups` appends one shared bytes object per request instead of sorting and
+encoding the whole list each time.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from itertools import islice
 from operator import attrgetter
 
 from . import protocol as P
+from .createrate import CreateRate
 from .histogram import Histogram
 from .protocol import ProtocolError
 
@@ -40,9 +49,10 @@ GENERAL = "General"
 class User:
     """A logged-in session as the hub sees it. `conn` belongs to the transport."""
 
-    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since")
+    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since", "addr")
 
-    def __init__(self, name: str, conn: object = None, since: float = 0.0) -> None:
+    def __init__(self, name: str, conn: object = None, since: float = 0.0,
+                 addr: str | None = None) -> None:
         self.name = name
         self.key = P.name_key(name)
         self.groups: dict[str, Group] = {}
@@ -52,6 +62,9 @@ class User:
         self.push = self.queue.append
         self.conn = conn
         self.since = since
+        # The client's address as `--create-rate` counts it (limits.address_key);
+        # None (tests, internal users) is not rate-limited.
+        self.addr = addr
 
     def __repr__(self) -> str:
         return f"User({self.name!r})"
@@ -139,8 +152,16 @@ class GroupExists(ProtocolError):
     """`create` of a name already taken (the admin API answers 409, not 400)."""
 
 
+class TooManyGroups(ProtocolError):
+    """`create` beyond `--max-groups` (the admin API answers 409: delete some first)."""
+
+
 class CreateFailed(Exception):
     """The store could not commit a new group (the text is the `error:` line)."""
+
+
+class DeleteFailed(Exception):
+    """The store (or Redis) could not delete a group (the text is the error)."""
 
 
 class LoginRefused(Exception):
@@ -177,6 +198,8 @@ class Hub:
         notice_limit: int = 1000,
         timer: Callable[[], float] | None = None,
         durable: bool = False,
+        max_groups: int = 10000,
+        create_rate: CreateRate | None = None,
     ) -> None:
         self.clock = clock
         # A monotonic clock for the latency histograms; None = not measured.
@@ -184,8 +207,11 @@ class Hub:
         self.history_size = history
         self.notice_limit = notice_limit
         self.durable = durable
+        self.max_groups = max_groups
+        self.create_rate = create_rate  # None = off
         self.users: dict[str, User] = {}
         self.groups: dict[str, Group] = {}
+        self._groups_line: bytes | None = None  # the encoded `groups` reply, until a change
         self.dirty: set[User] = set()
         # What the transport must persist (only with a durable store).
         self.journal: list[Group] | None = [] if durable and history else None
@@ -246,12 +272,13 @@ class Hub:
     def add_group(self, name: str, created_by: str) -> Group:
         group = Group(name, created_by, self.clock(), self.history_size)
         self.groups[group.key] = group
+        self._groups_line = None
         return group
 
-    def reserve_group(self, name: str, created_by: str) -> Group:
-        """Validate a new group name and hold it until the store commits the group.
-
-        Raises ProtocolError with the `create` errors of PROTOCOL.md."""
+    def check_new_group(self, name: str) -> str:
+        """The NFC name of a group that may be created now; raises ProtocolError with
+        the `create` errors of PROTOCOL.md in its order: invalid name, exists (or
+        GroupPending: decided once that commit is), too many groups."""
         name = P.normalize(name)
         problem = P.name_problem(name)
         if problem is not None:
@@ -262,24 +289,72 @@ class Hub:
             raise GroupExists(f"error: group already exists: {existing.name}")
         if key in self.reserved:
             raise GroupPending(self.reserved[key])
+        if len(self.groups) + len(self.reserved) >= self.max_groups:
+            raise TooManyGroups(P.too_many_groups(self.max_groups))
+        return name
+
+    def reserve_group(self, name: str, created_by: str, checked: bool = False) -> Group:
+        """Hold a new group's name until the store commits the group; raises the
+        errors of `check_new_group` unless the caller just ran it (`checked`)."""
+        if not checked:
+            name = self.check_new_group(name)
         group = Group(name, created_by, self.clock(), self.history_size)
-        self.reserved[key] = group
+        self.reserved[group.key] = group
         return group
 
     def group_committed(self, group: Group, creator: User | None) -> None:
         """The store has `group`: it exists from now on, and its creator hears so."""
         del self.reserved[group.key]
         self.groups[group.key] = group
+        self._groups_line = None
         if creator is not None and self.users.get(creator.key) is creator:
             self.reply(creator, P.created(group.name))
 
     def group_not_committed(self, group: Group, creator: User | None,
                             line: str | None = None) -> None:
         """The store failed (or, in a cluster, another node has the name): the name
-        is free again here and the creator is told (`line`, or the storage error)."""
+        is free again here, the creator is told (`line`, or the storage error) and
+        gets its `--create-rate` token back: only groups created count."""
         del self.reserved[group.key]
+        if creator is not None and creator.addr is not None and self.create_rate is not None:
+            self.create_rate.refund(creator.addr)
         if creator is not None and self.users.get(creator.key) is creator:
             self.reply(creator, line or P.storage_failed(group.name))
+
+    def remove_group(self, group: Group) -> None:
+        """An administrator deleted `group` (here, or on another node): the local
+        members hear `* group <group> was deleted by an administrator` and are out
+        of it, without leave notices; the name is free again. The caller makes it
+        durable (see `ChatServer.delete_group`)."""
+        data = P.encode(P.group_deleted(group.name))
+        gkey = group.key
+        for user in group.members.values():
+            del user.groups[gkey]
+            self.send_line(user, data)
+        self.stats.notices += len(group.members)
+        group.members.clear()
+        group._pushes = None
+        for key in group.remote:
+            remote = self.remote_users.get(key)
+            if remote is not None:
+                remote.groups.discard(gkey)
+        group.remote.clear()
+        del self.groups[gkey]
+        self._groups_line = None
+        if group.unsaved and self.journal is not None:  # its history goes with it
+            self.journal.remove(group)
+        group.unsaved = 0
+        if self.unconfirmed:
+            self.unconfirmed = {p for p in self.unconfirmed if p[1] != gkey}
+        if self.outbox is not None:  # the backplane leaves the group's channel
+            self.outbox.append(("unfollow", group))
+
+    def put_back_group(self, group: Group) -> None:
+        """Deleting `group` failed in the store: it exists again (without the members
+        it lost), as the store still has it."""
+        if group.key not in self.groups:
+            self.groups[group.key] = group
+            self._groups_line = None
 
     def restore_group(
         self, name: str, created_by: str, created_at: float, entries: Iterable[Entry]
@@ -311,6 +386,8 @@ class Hub:
     def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None:
         """A write failed: mark its entries unsaved so the next flush retries them."""
         for group, entries in batch:
+            if self.groups.get(group.key) is not group:  # deleted meanwhile
+                continue
             if not group.unsaved:
                 self.journal.append(group)
             group.unsaved += len(entries)
@@ -349,15 +426,17 @@ class Hub:
 
     # ------------------------------------------------------------ sessions
 
-    def login(self, name: str, conn: object = None, announced: bool = False) -> User:
+    def login(self, name: str, conn: object = None, announced: bool = False,
+              addr: str | None = None) -> User:
         """Register a user, put it in General; raises LoginRefused.
 
         `announced`: cluster mode, the claim already told every node (login and
-        joining General in one event, see backplane/node.py)."""
+        joining General in one event, see backplane/node.py). `addr`: the
+        client's address key, which `--create-rate` counts."""
         started = self.timer() if self.timer is not None else 0.0
         nfc = self.check_name(name)
         key = P.name_key(nfc)
-        user = User(nfc, conn, self.clock())
+        user = User(nfc, conn, self.clock(), addr)
         self.users[key] = user
         self.stats.logins += 1
         self.reply(user, P.welcome(nfc))
@@ -436,7 +515,11 @@ class Hub:
     # `uncommitted` right after this call and answers through `group_committed`.
     def handle_create(self, user: User, args: tuple[str, ...]) -> None:
         self._need_cluster()
-        group = self.reserve_group(args[0], created_by=user.name)
+        name = self.check_new_group(args[0])
+        limiter = self.create_rate
+        if limiter is not None and user.addr is not None and not limiter.take(user.addr):
+            raise ProtocolError(P.CREATING_TOO_FAST)
+        group = self.reserve_group(name, created_by=user.name, checked=True)
         if self.durable:
             self.uncommitted.append((user, group))
         else:
@@ -465,7 +548,16 @@ class Hub:
     # groups
     def handle_groups(self, user: User, args: tuple[str, ...]) -> None:
         self._need_cluster()
-        self.reply(user, P.listing("groups", [g.name for g in self.groups.values()]))
+        self.send_line(user, self.groups_line())
+
+    def groups_line(self) -> bytes:
+        """The encoded `groups: ...` reply, built once per change of the set of groups
+        (every change goes through `add_group`, `group_committed` or `remove_group`)."""
+        line = self._groups_line
+        if line is None:
+            line = self._groups_line = P.encode(
+                P.listing("groups", [g.name for g in self.groups.values()]))
+        return line
 
     # users
     def handle_users(self, user: User, args: tuple[str, ...]) -> None:
@@ -635,6 +727,12 @@ class Hub:
     def remote_group(self, name: str, created_by: str, created_at: float) -> None:
         if P.name_key(name) not in self.groups:
             self.add_group(name, created_by).created_at = created_at
+
+    def remote_group_deleted(self, gkey: str) -> None:
+        """Another node's administrator deleted a group: as `remove_group` here."""
+        group = self.groups.get(gkey)
+        if group is not None:
+            self.remove_group(group)
 
     def node_gone(self, node: str) -> list[str]:
         """A node died (or left): its users leave their groups, with notices here."""

@@ -68,6 +68,21 @@ def address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return addr
 
 
+def address_key(host: str) -> str:
+    """The address a peer counts as, whatever the exemptions: its IPv4 address or
+    IPv6 /64 (see above); a host that is not an IP address counts as itself."""
+    try:
+        return _key_of(address_of(host))
+    except ValueError:
+        return host
+
+
+def _key_of(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if addr.version == 6:
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    return str(addr)
+
+
 class _Entry:
     __slots__ = ("count", "tokens", "stamp")
 
@@ -122,9 +137,7 @@ class AddressLimits:
         for net in self.exempt:
             if addr in net:
                 return None
-        if addr.version == 6:
-            return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
-        return str(addr)
+        return _key_of(addr)
 
     def admit(self, key: str) -> str | None:
         """Take one connection for `key`: None if admitted, else the refusal reason."""

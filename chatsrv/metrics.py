@@ -81,6 +81,12 @@ class ChatCollector(Collector):
                         "Connections refused before the prompt, by reason: full (--max-clients), "
                         "unauth (--max-unauth), per_ip (--max-per-ip), rate (--connect-rate).",
                         "reason", rejected)
+        wsgi = server.http.wsgi if server.http is not None else None
+        if wsgi is not None:
+            yield _labelled(CounterMetricFamily, "chatsrv_http_closed",
+                            "HTTP connections the server closed before a complete request: "
+                            "timeout (--http-timeout), evicted (too many waiting).", "reason",
+                            {"timeout": wsgi.timed_out, "evicted": wsgi.evicted})
         yield _gauge("chatsrv_connections_unauthenticated",
                      "Open connections not logged in yet (capped by --max-unauth).",
                      server.unauth)

@@ -187,6 +187,19 @@ def created(group: str) -> str:
     return f"ok: created group {group}"
 
 
+def too_many_groups(limit: int) -> str:
+    """`create` when the server already has `--max-groups` groups."""
+    return f"error: too many groups (max {limit})"
+
+
+CREATING_TOO_FAST = "error: creating groups too fast, try again later"
+
+
+def group_deleted(group: str) -> str:
+    """What the members of a group an administrator deleted receive (no leave notices)."""
+    return f"* group {group} was deleted by an administrator"
+
+
 def storage_failed(group: str) -> str:
     """The store could not commit a new group (disk full, I/O error): nothing was created."""
     return f"error: group not created, storage failed: {group}"

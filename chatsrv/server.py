@@ -24,9 +24,21 @@ from . import protocol as P
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
+from .createrate import CreateRate
 from .http import AdminHTTP
-from .hub import CreateFailed, Group, GroupExists, GroupPending, Hub, LoginRefused, User
-from .limits import PER_IP, RATE, AddressLimits
+from .hub import (
+    GENERAL,
+    ClusterUnavailable,
+    CreateFailed,
+    DeleteFailed,
+    Group,
+    GroupExists,
+    GroupPending,
+    Hub,
+    LoginRefused,
+    User,
+)
+from .limits import PER_IP, RATE, AddressLimits, address_key
 from .session import Session
 from .store import MemoryStore, Store, open_store
 from .store.writer import StoreWriter
@@ -175,9 +187,12 @@ class ChatServer:
         self.config = config
         self.store = store if store is not None else MemoryStore()
         # The latency histograms are timed only when something can read them.
+        create_rate = (CreateRate(config.create_rate, time.monotonic)
+                       if config.create_rate else None)
         self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
-                       durable=self.store.durable)
+                       durable=self.store.durable, max_groups=config.max_groups,
+                       create_rate=create_rate)
         self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
                                   keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()
@@ -402,12 +417,13 @@ class ChatServer:
     def login(self, text: str, session: Session) -> User:
         """A username line: log in, cluster-wide with a backplane; raises LoginRefused."""
         hub = self.hub
+        addr = address_key(session.peer.rsplit(":", 1)[0])  # --create-rate counts this
         if hub.outbox is None:
-            return hub.login(text, session)
+            return hub.login(text, session, addr=addr)
         name = hub.check_name(text)
         self.backplane.claim(name, session)  # this greenlet waits for Redis
         try:
-            return hub.login(name, session, announced=True)
+            return hub.login(name, session, announced=True, addr=addr)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
             self.backplane.abandon(name)
             raise
@@ -476,6 +492,37 @@ class ChatServer:
         if existing is not group:
             raise CreateFailed(P.storage_failed(group.name))
         return group
+
+    def delete_group(self, name: str) -> str | None:
+        """An administrator deletes a group: its display name, or None if unknown.
+
+        Runs in a greenlet (an HTTP request's) and returns once the deletion is
+        durable: the hub drops the group first (members told, no more messages
+        for it), then the store forgets it on its writer thread, or in a cluster
+        the publisher removes it from Redis and tells every node. Raises
+        ProtocolError for General, DeleteFailed if the store failed (the group is
+        then back, empty, as the store still has it)."""
+        hub = self.hub
+        group = hub.groups.get(P.name_key(P.normalize(name)))
+        if group is None:
+            return None
+        if group.key == P.name_key(GENERAL):
+            raise P.ProtocolError(f"error: {GENERAL} cannot be deleted")
+        hub.remove_group(group)
+        self.schedule_flush()
+        try:
+            if self.backplane.cluster:
+                self.backplane.delete_group(group)
+            else:
+                self.writer.delete_group(group)
+        except ClusterUnavailable as err:
+            hub.put_back_group(group)
+            raise DeleteFailed(f"error: group not deleted: {err}") from None
+        except Exception as err:
+            log.error("group %s not deleted: the store failed: %s", group.name, err)
+            hub.put_back_group(group)
+            raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
+        return group.name
 
     def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.

@@ -11,8 +11,8 @@ Keys (all under the `chatsrv:` prefix; one Redis database per cluster):
 
 Channels:
 
-    chatsrv:ctl                every node: logins, logouts, joins, leaves, new groups,
-                               node state, announcements (JSON)
+    chatsrv:ctl                every node: logins, logouts, joins, leaves, new and
+                               deleted groups, node state, announcements (JSON)
     chatsrv:g:<group>          nodes with local members of the group: public messages,
                                `<node>\\0<count>\\0<count encoded delivery lines>`
                                (the group's messages of one publisher turn)
@@ -103,6 +103,16 @@ for _, k in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   end
 end
 redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+"""
+
+# Delete a group and its history, and tell every node (they drop it and tell their
+# members). Run by the publisher, after every message this node queued before.
+# KEYS: groups, history. ARGV: group key, ctl channel, message. Returns 1 if it existed.
+DELETE_GROUP = """
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 """

@@ -209,6 +209,21 @@ class RedisBackplane:
             entries.append((float(at), sender, text))
         return entries
 
+    def delete_group(self, group: Group) -> None:
+        """Remove a group the hub just removed from Redis (its record and history) and
+        tell every node, after everything this node queued before (a message still
+        queued would otherwise put the history list back). The caller's greenlet
+        waits; raises ClusterUnavailable."""
+        if self.hub.unavailable:
+            raise ClusterUnavailable("cluster unavailable")
+        result = AsyncResult()
+        self.hub.outbox.append(("delete", group, result))
+        self.wake()
+        try:
+            result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
+        except gevent.Timeout:
+            raise ClusterUnavailable("Redis did not answer") from None
+
     def _abandon(self, claim: Claim) -> None:
         claim.abandoned = True
         if claim.won:  # Redis gave us the name, but nobody will use it
@@ -303,6 +318,14 @@ class RedisBackplane:
             if kind == "history":
                 pipe.lrange(keys.history(item[1].key), -item[2], -1)
                 reads.append((len(pipe) - 1, item[3]))
+            elif kind == "delete":
+                gkey = item[1].key
+                trim.discard(gkey)
+                pipe.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(gkey), gkey, keys.CTL,
+                          keys.dumps({"t": "delgroup", "n": node, "g": gkey}))
+                reads.append((len(pipe) - 1, item[2]))
+            elif kind == "unfollow":
+                touched.append(item[1])
             elif kind == "join" or kind == "leave":
                 user, group = item[1], item[2]
                 pipe.publish(keys.CTL, keys.dumps({"t": kind, "n": node, "k": user.key,
@@ -401,6 +424,8 @@ class RedisBackplane:
                 item[2].set()
             elif item[0] == "history":
                 item[3].set_exception(ClusterUnavailable("cluster unavailable"))
+            elif item[0] == "delete":
+                item[2].set_exception(ClusterUnavailable("cluster unavailable"))
         self.stats.dropped += len(items)
 
     def _subscribe_first(self, items: list[tuple]) -> None:
@@ -642,6 +667,8 @@ class RedisBackplane:
             hub.remote_logout(m["k"], node)
         elif kind == "group":
             hub.remote_group(m["name"], m.get("by", ""), m.get("at", 0.0))
+        elif kind == "delgroup":
+            hub.remote_group_deleted(m["g"])
         elif kind == "state":
             hub.node_state(node, m["users"])
         elif kind == "hello":

@@ -79,6 +79,17 @@ class RedisStore(Store):
             raise ClusterUnavailable(str(err)) from None
         return _record(raw) if raw else None
 
+    def delete_group(self, name: str) -> None:
+        """Not on the server's path: a node deletes through its publisher
+        (`RedisBackplane.delete_group`), in order with the messages it still sends,
+        which would otherwise put the history list back. Kept for the Store contract."""
+        key = name_key(name)
+        try:
+            self.redis.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(key), key,
+                            keys.CTL, keys.dumps({"t": "delgroup", "n": "", "g": key}))
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for name, entries in batch:

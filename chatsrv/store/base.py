@@ -48,6 +48,11 @@ class Store(ABC):
         """Commit a new group; returns only once it is durable."""
 
     @abstractmethod
+    def delete_group(self, name: str) -> None:
+        """Forget a group (by display name) and all its history; returns only once
+        that is durable: a restart must not bring it back."""
+
+    @abstractmethod
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         """Append entries (group display name, entries oldest first) in one
         transaction; then drop all but each touched group's last `keep` entries."""

@@ -19,6 +19,9 @@ class MemoryStore(Store):
     def create_group(self, record: GroupRecord) -> None:
         pass
 
+    def delete_group(self, name: str) -> None:
+        pass
+
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         pass
 

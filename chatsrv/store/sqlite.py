@@ -251,6 +251,32 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous = NORMAL")
         self.ids[record.name] = cursor.lastrowid
 
+    def delete_group(self, name: str) -> None:
+        """The group row and its history chunks in one transaction, fsynced like a
+        create: the admin API's 204 is a promise."""
+        db = self.db
+        gid = self.ids.pop(name, None)
+        if gid is None:
+            row = db.execute("SELECT id FROM groups WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return
+            gid = row[0]
+        db.execute("PRAGMA synchronous = FULL")
+        try:
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM history_chunks WHERE group_id = ?", (gid,))
+                db.execute("DELETE FROM groups WHERE id = ?", (gid,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self.ids[name] = gid
+                raise
+        finally:
+            db.execute("PRAGMA synchronous = NORMAL")
+        self.stored.pop(gid, None)
+        self.unknown.discard(name)
+
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         rows = []
         for name, entries in batch:

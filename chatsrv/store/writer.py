@@ -120,6 +120,14 @@ class StoreWriter:
 
     # ------------------------------------------------------------ groups
 
+    def delete_group(self, group: Group) -> None:
+        """Forget a group in the store; the calling greenlet waits for the commit,
+        after every history batch submitted before (one thread, in order)."""
+        if self.pool is None:
+            self.store.delete_group(group.name)
+            return
+        self.pool.apply(self.store.delete_group, (group.name,))
+
     def take_pending(self) -> tuple[list, list, list]:
         """The creates, blocked commands and (cluster mode) history reads the last
         command left; the caller settles them.

@@ -292,3 +292,33 @@ def test_cluster_options_are_checked(redis_server, tmp_path):  # noqa: F811
                             capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 1
     assert "error: cannot start: cannot reach Redis at" in result.stderr
+
+
+def test_deleting_a_group_on_one_node_deletes_it_on_every_node(redis_server,  # noqa: F811
+                                                               make_http_server, login):
+    a, b = cluster(make_http_server, redis_server, 2, admin_token="secret-token")
+    alice = login(a, "alice")
+    bob = login(b, "bob")
+    alice.expect("* bob joined the group General")
+    assert bob.request("create ops") == "ok: created group ops"
+    assert bob.request("join ops") == "ok: joined group ops"
+    assert alice.request("join ops") == "ok: joined group ops"
+    bob.expect("* alice joined the group ops")
+    alice.send("public ops from A")
+    bob.expect("[public group ops from alice] from A")
+    assert redis_server.command("HEXISTS", "chatsrv:groups", "ops") == b":1\r\n"
+    # Deleted through node A: both members hear it, on their own nodes, no leave notices.
+    assert a.api.call("DELETE", "/api/v1/groups/OPS") == (204, "")
+    alice.expect("* group ops was deleted by an administrator")
+    bob.expect("* group ops was deleted by an administrator")
+    assert bob.request("groups") == "groups: General"
+    assert bob.request("public ops hi") == "error: no such group: ops"
+    assert b.api.get("/api/v1/groups/ops")[0] == 404
+    assert redis_server.command("HEXISTS", "chatsrv:groups", "ops") == b":0\r\n"
+    assert redis_server.command("EXISTS", "chatsrv:history:ops") == b":0\r\n"
+    # The name is free cluster-wide; the new group starts with no history.
+    assert bob.request("create ops") == "ok: created group ops"
+    until(alice, "groups", lambda r: r == "groups: General ops")
+    assert alice.request("join ops") == "ok: joined group ops"
+    assert alice.request("history ops") == "ok: end of history ops"
+    assert b.api.call("DELETE", "/api/v1/groups/general")[0] == 400

@@ -43,8 +43,11 @@ def shared(tmp_path_factory):
 
     notice_limit=1 means no join/leave notice ever reaches anyone, and those tests use
     names of their own and never deliver to General, so they cannot see each other.
+    Between them they create far more groups than `--create-rate` allows one
+    address: it is off here (test_group_limits.py tests it).
     """
-    server = start_server(tmp_path_factory.mktemp("shared"), rate_limit=0, notice_limit=1)
+    server = start_server(tmp_path_factory.mktemp("shared"), rate_limit=0, notice_limit=1,
+                          create_rate=0)
     yield server
     server.stop(signal.SIGKILL)
 
