@@ -37,7 +37,9 @@ def split(rest: bytes, discarding: bool, data: bytes,
     its first `max_line` bytes or more, for `decode` to report."""
     lines = (rest + data if rest else data).split(b"\n")
     rest = lines.pop()
-    if discarding and lines:
+    if discarding:
+        if not lines:  # still inside the too-long line: keep none of it
+            return lines, b"", True
         del lines[0]  # the end of the too-long line already reported
         discarding = False
     if len(rest) >= max_line:
