@@ -48,7 +48,7 @@ class RedisStore(Store):
     def describe(self) -> str:
         return f"redis {conn.describe(self.url)}"
 
-    def load(self, keep: int) -> list[LoadedGroup]:
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         """Every group of the cluster (General made if missing), each with its history."""
         try:
             self._create(GroupRecord(GENERAL, "", 0.0))

@@ -13,7 +13,7 @@ class MemoryStore(Store):
     kind = "memory"
     durable = False
 
-    def load(self, keep: int) -> list[LoadedGroup]:
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         return []
 
     def create_group(self, record: GroupRecord) -> None:
