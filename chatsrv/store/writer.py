@@ -143,7 +143,8 @@ class StoreWriter:
         return now - since
 
     def _check_stall(self) -> None:
-        """Log when the store gets stuck and when it recovers (once each)."""
+        """Log when the store gets stuck and when it recovers (once each): every
+        WATCH_EVERY_S, and after each history write."""
         stuck = self.stalled()
         if stuck and self._stall_logged is None:
             self._stall_logged = time.monotonic() - stuck
@@ -177,6 +178,7 @@ class StoreWriter:
         except Exception as err:  # disk full, I/O error: keep the entries, try again
             self.hub.unsaved_again(batch)
             self._failed(err, sum(len(e) for _, e in records), started)
+            self._check_stall()
             return
         finally:
             self._in_flight = []
@@ -190,6 +192,7 @@ class StoreWriter:
         if self._failing_since is not None:
             log.warning("history writes recovered after %.1f s", started - self._failing_since)
             self._failing_since = None
+        self._check_stall()
 
     def _append(self, records: list, ends: list[tuple[str, int]]) -> None:
         """Writer thread: commit a history batch, then note where each group ends."""
