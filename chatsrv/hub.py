@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from . import protocol as P
 from .histogram import Histogram
@@ -95,6 +95,7 @@ whose header is 49-56 bytes more. 160 covers both; the text is counted with
 `sys.getsizeof` (49 bytes + 1, 2 or 4 per character)."""
 
 _sizeof = sys.getsizeof
+COMPACT_MIN = 4096
 
 
 def entry_size(entry: Entry) -> int:
@@ -223,6 +224,7 @@ class Hub:
         self.history_bytes = 0
         self.history_order: deque[Group] = deque()
         self.history_stale = 0  # records in history_order of entries already dropped
+        self._compact_at = COMPACT_MIN  # compact history_order past this many stale records
         self.notice_limit = notice_limit
         self.durable = durable
         self.users: dict[str, User] = {}
@@ -344,29 +346,32 @@ class Hub:
 
     def restored(self) -> None:
         """After `restore_group` for every kept group: evict by age, not by group."""
-        ages = sorted(
-            (at, i, group) for i, group in enumerate(self.groups.values())
-            for at, _, _ in group.history
-        )
-        self.history_order = deque(group for _, _, group in ages)
+        ages = [(at, group) for group in self.groups.values() for at, _, _ in group.history]
+        ages.sort(key=itemgetter(0))  # stable: each group's records stay in ring order
+        self.history_order = deque(group for _, group in ages)
         self.history_stale = 0
         self.trim_history()
 
     # ------------------------------------------------------------ history in memory
 
     def keep_entry(self, group: Group, entry: Entry) -> None:
-        """Add a public message to its group's ring and to the memory budget."""
+        """Add a public message to its group's ring and to the memory budget
+        (`handle_public` has the same lines inline: it is the hot path)."""
         ring = group.history
-        if len(ring) == self.history_size:  # the ring drops its oldest entry now
-            self.history_bytes -= entry_size(ring[0])
-            group.skip += 1
-            self.history_stale += 1
-            if self.history_stale > 4096 and 2 * self.history_stale > len(self.history_order):
-                self._compact_order()
+        if len(ring) == self.history_size:
+            self._ring_drops(group, ring[0])
         ring.append(entry)
         group.seq += 1
         self.history_order.append(group)
         self.history_bytes += _sizeof(entry[2]) + len(entry[1]) + ENTRY_OVERHEAD
+
+    def _ring_drops(self, group: Group, oldest: Entry) -> None:
+        """The full ring drops `oldest` at the next append: its record goes stale."""
+        self.history_bytes -= entry_size(oldest)
+        group.skip += 1
+        self.history_stale += 1
+        if self.history_stale > self._compact_at:
+            self._compact_order()
 
     def trim_history(self) -> None:
         """Evict the server's oldest saved entries until within `--history-memory`.
@@ -392,7 +397,7 @@ class Hub:
 
     def _compact_order(self) -> None:
         """Drop the records of entries the rings dropped; amortised O(1) per message
-        (run when they are over half of `history_order`)."""
+        (run once they outnumber the live records of the last compaction)."""
         fresh = deque()
         for group in self.history_order:
             if group.skip:
@@ -401,6 +406,7 @@ class Hub:
                 fresh.append(group)
         self.history_order = fresh
         self.history_stale = 0
+        self._compact_at = max(COMPACT_MIN, len(fresh))
 
     def take_unsaved(self) -> list[tuple[Group, list[Entry]]]:
         """The history entries not yet persisted, per group, oldest first; forgets them.
@@ -611,7 +617,19 @@ class Hub:
         if outbox is not None:
             outbox.append(("public", group, data, user.name, text))
         if self.history_size:
-            self.keep_entry(group, (self.clock(), user.name, text))
+            ring = group.history
+            if len(ring) == self.history_size:  # the ring drops its oldest at the append
+                oldest = ring[0]
+                self.history_bytes -= _sizeof(oldest[2]) + len(oldest[1]) + ENTRY_OVERHEAD
+                group.skip += 1  # its record in history_order goes stale
+                self.history_stale += 1
+                if self.history_stale > self._compact_at:
+                    self._compact_order()
+            sender = user.name
+            ring.append((self.clock(), sender, text))
+            group.seq += 1
+            self.history_order.append(group)
+            self.history_bytes += _sizeof(text) + len(sender) + ENTRY_OVERHEAD
             journal = self.journal
             if journal is not None:
                 if not group.unsaved:

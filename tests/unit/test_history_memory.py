@@ -151,7 +151,7 @@ def test_memory_store_history_is_what_the_budget_keeps():
 def test_restored_history_is_trimmed_to_the_budget_oldest_first():
     hub = make_hub(4, history=10)
     hub.restore_group("A", "", 1.0, [(10.0 + i, "alice", f"a{i:02d}") for i in range(3)], 50)
-    hub.restore_group("B", "", 1.0, [(11.5 + i, "alice", f"b{i:02d}") for i in range(3)], 3)
+    hub.restore_group("B", "", 1.0, [(11.5 + i // 2, "alice", f"b{i:02d}") for i in range(3)], 3)
     hub.restored()
     assert ring_texts(hub, "a") == ["a02"] and ring_texts(hub, "b") == ["b00", "b01", "b02"]
     assert hub.groups["a"].seq == 50 and hub.history_bytes == accounted(hub)
