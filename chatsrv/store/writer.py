@@ -134,26 +134,27 @@ class StoreWriter:
 
     def stalled(self) -> float:
         """Seconds the store has been stuck (an operation running, or history writes
-        failing, for more than STALL_AFTER_S); 0.0 when it is not."""
+        failing, for more than STALL_AFTER_S); 0.0 when it is not. Whoever asks
+        first (readiness, a scrape, the 1 s watch, a flush) logs the change, so the
+        log agrees with what /readyz said."""
         now = time.monotonic()
         since = min((t for t in (self._busy_since, self._failing_since) if t is not None),
                     default=None)
-        if since is None or now - since <= STALL_AFTER_S:
-            return 0.0
-        return now - since
-
-    def _check_stall(self) -> None:
-        """Log when the store gets stuck and when it recovers (once each): every
-        WATCH_EVERY_S, and after each history write."""
-        stuck = self.stalled()
+        stuck = 0.0 if since is None or now - since <= STALL_AFTER_S else now - since
         if stuck and self._stall_logged is None:
-            self._stall_logged = time.monotonic() - stuck
+            self._stall_logged = since
             log.error("store stalled: no answer from %s for %.0f s (%d history messages "
                       "unsaved); /readyz answers 503 until it recovers", self.store.describe(),
                       stuck, self.hub.unsaved_count())
         elif not stuck and self._stall_logged is not None:
-            log.warning("store recovered after %.1f s", time.monotonic() - self._stall_logged)
+            log.warning("store recovered after %.1f s", now - self._stall_logged)
             self._stall_logged = None
+        return stuck
+
+    def _check_stall(self) -> None:
+        """Every WATCH_EVERY_S and after each history write: log a change even when
+        nobody asks (see `stalled`)."""
+        self.stalled()
 
     # ------------------------------------------------------------ history
 
