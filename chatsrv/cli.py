@@ -89,6 +89,11 @@ def serve(
     history: int = typer.Option(
         1000, envvar=_env("history"), help="Public messages kept per group (0 = off)."
     ),
+    history_memory: float = typer.Option(
+        256.0, envvar=_env("history_memory"),
+        help="MiB of history all groups may keep in memory together (fractions allowed); "
+        "the oldest leave memory first and `history` reads them back from the store.",
+    ),
     notice_limit: int = typer.Option(
         1000, envvar=_env("notice_limit"),
         help="No join/leave notices in groups with more members than this (0 = always).",

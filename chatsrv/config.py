@@ -39,6 +39,7 @@ class Config:
     login_timeout: float = 30.0
     rate_limit: float = 100.0
     history: int = 1000
+    history_memory: float = 256.0  # MiB for all groups' history in memory; fractions allowed
     notice_limit: int = 1000
     max_groups: int = 10000
     create_rate: float = 10.0
@@ -69,6 +70,8 @@ class Config:
             (self.login_timeout > 0, "--login-timeout must be positive"),
             (self.rate_limit >= 0, "--rate-limit must be >= 0 (0 = off)"),
             (self.history >= 0, "--history must be >= 0 (0 = off)"),
+            (0 < self.history_memory <= 1 << 20,
+             "--history-memory must be more than 0 and at most 1048576 MiB"),
             (self.store in ("sqlite", "memory"), "--store must be sqlite or memory"),
             (1 <= self.flush_ms <= 60_000, "--flush-ms must be 1..60000"),
             (self.notice_limit >= 0, "--notice-limit must be >= 0 (0 = always)"),
@@ -112,6 +115,10 @@ class Config:
     @property
     def exempt_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.exempt)
+
+    @property
+    def history_memory_bytes(self) -> int:
+        return int(self.history_memory * (1 << 20))
 
     @property
     def tls(self) -> bool:

@@ -1,7 +1,8 @@
 """The one HTTP endpoint, served by gevent's pywsgi inside the server process.
 
 Open: `GET /metrics` (Prometheus text), `GET /healthz` (the loop answers),
-`GET /readyz` (accepting clients; 503 once shutdown began).
+`GET /readyz` (accepting clients; 503 once shutdown began, or while the store
+is stalled: see `StoreWriter.stalled`).
 Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
 (401 otherwise, before any routing, so an unauthenticated caller learns nothing):
 
@@ -143,6 +144,9 @@ class AdminAPI:
             return 200, {"status": "ok"}
         if self.server.stopping:
             return 503, {"status": "shutting down"}
+        stuck = self.server.writer.stalled()
+        if stuck:
+            return 503, {"status": "store stalled", "seconds": round(stuck, 1)}
         return 200, {"status": "ready"}
 
     def api(self, environ: dict, method: str, path: str) -> Response:

@@ -28,15 +28,24 @@ creator's address in `create_rate` (`createrate.py`). The `groups` reply is
 encoded once and cached until the set of groups changes, so a burst of
 `groups` appends one shared bytes object per request instead of sorting and
 encoding the whole list each time.
+
+History memory (`--history-memory`): every kept entry counts `entry_size`
+bytes, and `history_order` lists one group per kept entry, oldest first. Over
+the budget, `trim_history` pops the oldest record and evicts that group's
+oldest entry: O(1) amortised per message, never a walk over the groups. Entries
+the store does not have yet are never evicted. `history` asks for more than
+the ring holds only when the store has it: it then records a ("stored", ...)
+query, and the writer thread reads the older part (see store/writer.py).
 """
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from . import protocol as P
 from .createrate import CreateRate
@@ -89,11 +98,28 @@ _PUSH = attrgetter("push")
 Entry = tuple[float, str, str]
 """A history entry: (UTC time in seconds, sender as logged in, message text)."""
 
+ENTRY_OVERHEAD = 160
+"""Bytes a history entry costs beyond its text and the characters of its sender,
+for the `--history-memory` budget. Measured with tracemalloc on CPython 3.11
+(100,000 entries, bench/history_memory.py --overhead): 104 bytes with the
+sender shared (the 3-tuple 64, the float 24, the ring's slot 8, the eviction
+order's slot 8); entries loaded from the store each own their sender string,
+whose header is 49-56 bytes more. 160 covers both; the text is counted with
+`sys.getsizeof` (49 bytes + 1, 2 or 4 per character)."""
+
+_sizeof = sys.getsizeof
+COMPACT_MIN = 4096
+
+
+def entry_size(entry: Entry) -> int:
+    """What one history entry counts against `--history-memory`."""
+    return _sizeof(entry[2]) + len(entry[1]) + ENTRY_OVERHEAD
+
 
 class Group:
     __slots__ = (
         "name", "key", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
-        "remote",
+        "remote", "seq", "pending", "skip",
     )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
@@ -104,6 +130,13 @@ class Group:
         self.created_at = created_at
         self.history: deque[Entry] = deque(maxlen=history)
         self.unsaved = 0  # newest history entries not yet handed to the store
+        self.pending = 0  # the entries before those: handed to the store, not committed yet
+        # Entries ever kept (those loaded at start included): the ring holds the
+        # newest, numbered seq - len(history) .. seq - 1; the store numbers alike.
+        self.seq = 0
+        # Records of this group at the front of `Hub.history_order` whose entry
+        # the ring already dropped (past `--history`): skipped by eviction.
+        self.skip = 0
         self._pushes: list | None = None
         # Cluster mode: members on other nodes, key -> display name (see `RemoteUser`).
         self.remote: dict[str, str] = {}
@@ -200,11 +233,21 @@ class Hub:
         durable: bool = False,
         max_groups: int = 10000,
         create_rate: CreateRate | None = None,
+        history_memory: int = 256 << 20,
     ) -> None:
         self.clock = clock
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
+        # `--history-memory`: the bytes all groups' rings may hold together (see
+        # `entry_size`). Past it the oldest entries of the whole server leave memory
+        # first; one group per kept entry in `history_order`, oldest first, makes
+        # that O(1) per message whatever the number of groups.
+        self.history_budget = history_memory
+        self.history_bytes = 0
+        self.history_order: deque[Group] = deque()
+        self.history_stale = 0  # records in history_order of entries already dropped
+        self._compact_at = COMPACT_MIN  # compact history_order past this many stale records
         self.notice_limit = notice_limit
         self.durable = durable
         self.max_groups = max_groups
@@ -344,6 +387,7 @@ class Hub:
         if group.unsaved and self.journal is not None:  # its history goes with it
             self.journal.remove(group)
         group.unsaved = 0
+        self._forget_history(group)
         if self.unconfirmed:
             self.unconfirmed = {p for p in self.unconfirmed if p[1] != gkey}
         if self.outbox is not None:  # the backplane leaves the group's channel
@@ -357,40 +401,138 @@ class Hub:
             self._groups_line = None
 
     def restore_group(
-        self, name: str, created_by: str, created_at: float, entries: Iterable[Entry]
+        self, name: str, created_by: str, created_at: float, entries: Iterable[Entry],
+        total: int = 0,
     ) -> Group:
-        """Put back a group the store kept (General included) with its recent history."""
+        """Put back a group the store kept (General included) with its recent history.
+
+        `total`: entries the store holds for the group, of which `entries` are the
+        newest (fewer when the memory budget did not let more be loaded)."""
         group = self.groups.get(P.name_key(name))
         if group is None:
             group = self.add_group(name, created_by)
         group.created_by = created_by
         group.created_at = created_at
-        group.history.extend(entries)
+        kept = list(entries)[-self.history_size:] if self.history_size else []
+        group.history.extend(kept)
+        group.seq = max(total, len(kept))
+        self.history_bytes += sum(map(entry_size, kept))
+        self.history_order.extend([group] * len(kept))
         return group
+
+    def restored(self) -> None:
+        """After `restore_group` for every kept group: evict by age, not by group."""
+        ages = [(at, group) for group in self.groups.values() for at, _, _ in group.history]
+        ages.sort(key=itemgetter(0))  # stable: each group's records stay in ring order
+        self.history_order = deque(group for _, group in ages)
+        self.history_stale = 0
+        self.trim_history()
+
+    # ------------------------------------------------------------ history in memory
+
+    def keep_entry(self, group: Group, entry: Entry) -> None:
+        """Add a public message to its group's ring and to the memory budget
+        (`handle_public` has the same lines inline: it is the hot path)."""
+        ring = group.history
+        if len(ring) == self.history_size:
+            self._ring_drops(group, ring[0])
+        ring.append(entry)
+        group.seq += 1
+        self.history_order.append(group)
+        self.history_bytes += _sizeof(entry[2]) + len(entry[1]) + ENTRY_OVERHEAD
+
+    def _ring_drops(self, group: Group, oldest: Entry) -> None:
+        """The full ring drops `oldest` at the next append: its record goes stale."""
+        self.history_bytes -= entry_size(oldest)
+        group.skip += 1
+        self.history_stale += 1
+        if self.history_stale > self._compact_at:
+            self._compact_order()
+
+    def _forget_history(self, group: Group) -> None:
+        """A deleted group's entries leave the budget at once; their records in
+        `history_order` go stale (skipped by eviction, dropped by compaction)."""
+        ring = group.history
+        if ring:
+            self.history_bytes -= sum(map(entry_size, ring))
+            group.skip += len(ring)
+            self.history_stale += len(ring)
+            ring.clear()
+            if self.history_stale > self._compact_at:
+                self._compact_order()
+
+    def trim_history(self) -> None:
+        """Evict the server's oldest saved entries until within `--history-memory`.
+
+        An entry the store does not have yet (`unsaved`, `pending`: always a
+        group's newest) is never evicted; if the oldest one is such, so are all
+        newer ones, and the writer calls this again after its next commit."""
+        order = self.history_order
+        budget = self.history_budget
+        while self.history_bytes > budget and order:
+            group = order.popleft()
+            if group.skip:
+                group.skip -= 1
+                self.history_stale -= 1
+                continue
+            ring = group.history
+            if not ring:
+                continue
+            if len(ring) <= group.unsaved + group.pending:
+                order.appendleft(group)
+                return
+            self.history_bytes -= entry_size(ring.popleft())
+
+    def _compact_order(self) -> None:
+        """Drop the records of entries the rings dropped; amortised O(1) per message
+        (run once they outnumber the live records of the last compaction)."""
+        fresh = deque()
+        for group in self.history_order:
+            if group.skip:
+                group.skip -= 1
+            else:
+                fresh.append(group)
+        self.history_order = fresh
+        self.history_stale = 0
+        self._compact_at = max(COMPACT_MIN, len(fresh))
 
     def take_unsaved(self) -> list[tuple[Group, list[Entry]]]:
         """The history entries not yet persisted, per group, oldest first; forgets them.
 
-        Entries that already fell out of the ring are not returned: the store
-        keeps the same last `--history` messages and would drop them anyway."""
+        They stay `pending` (not evicted from memory) until `history_saved` or
+        `unsaved_again`. Entries that already fell out of the ring are not
+        returned: the store keeps the same last `--history` messages and would
+        drop them anyway."""
         groups, self.journal = self.journal, []
         batch = []
         for group in groups or ():
             ring = group.history
             n = min(group.unsaved, len(ring))
             group.unsaved = 0
+            group.pending = n
             if n:
                 batch.append((group, list(islice(ring, len(ring) - n, None))))
         return batch
+
+    def history_saved(self, batch: list[tuple[Group, list[Entry]]]) -> None:
+        """The store committed `batch`: its entries may leave memory now."""
+        for group, _ in batch:
+            group.pending = 0
+        self.trim_history()
 
     def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None:
         """A write failed: mark its entries unsaved so the next flush retries them."""
         for group, entries in batch:
             if self.groups.get(group.key) is not group:  # deleted meanwhile
                 continue
+            group.pending = 0
             if not group.unsaved:
                 self.journal.append(group)
             group.unsaved += len(entries)
+
+    def unsaved_count(self) -> int:
+        """History entries the store does not have (logged as lost if it never will)."""
+        return sum(min(g.unsaved, len(g.history)) + g.pending for g in self.groups.values())
 
     def find_group(self, name: str) -> Group:
         key = P.name_key(P.normalize(name))
@@ -580,12 +722,26 @@ class Hub:
         if outbox is not None:
             outbox.append(("public", group, data, user.name, text))
         if self.history_size:
-            group.history.append((self.clock(), user.name, text))
+            ring = group.history
+            if len(ring) == self.history_size:  # the ring drops its oldest at the append
+                oldest = ring[0]
+                self.history_bytes -= _sizeof(oldest[2]) + len(oldest[1]) + ENTRY_OVERHEAD
+                group.skip += 1  # its record in history_order goes stale
+                self.history_stale += 1
+                if self.history_stale > self._compact_at:
+                    self._compact_order()
+            sender = user.name
+            ring.append((self.clock(), sender, text))
+            group.seq += 1
+            self.history_order.append(group)
+            self.history_bytes += _sizeof(text) + len(sender) + ENTRY_OVERHEAD
             journal = self.journal
             if journal is not None:
                 if not group.unsaved:
                     journal.append(group)
                 group.unsaved += 1
+            if self.history_bytes > self.history_budget:
+                self.trim_history()
 
     # private <user> <message>
     def handle_private(self, user: User, args: tuple[str, ...]) -> None:
@@ -622,7 +778,15 @@ class Hub:
             self._need_cluster()
             self.queries.append(("history", user, group, count))
             return
-        entries = list(group.history)[-count:]
+        ring = group.history
+        older = min(count, self.history_size, group.seq) - len(ring)
+        if older > 0 and self.durable:
+            # Memory no longer holds all of them: the writer reads the `older`
+            # entries before the ring's oldest from the store, and answers with
+            # them and this snapshot of the ring (what was sent before this command).
+            self.queries.append(("stored", user, group, (group.seq - len(ring), older, list(ring))))
+            return
+        entries = list(ring)[-count:]
         for at, sender, text in entries:
             self.reply(user, P.history_line(group.name, at, sender, text))
         self.reply(user, f"ok: end of history {group.name}")

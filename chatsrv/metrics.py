@@ -120,16 +120,29 @@ class ChatCollector(Collector):
         yield _gauge("chatsrv_max_clients", "The --max-clients limit.",
                      server.config.max_clients)
         yield from _cluster(server)
+        yield from _history(server)
         yield from _store(server)
         info = InfoMetricFamily("chatsrv_build", "chatsrv version and wire protocol version.")
         info.add_metric([], {"version": __version__, "protocol": "1"})
         yield info
 
 
+def _history(server: ChatServer) -> Iterator:
+    """History kept in memory against `--history-memory`."""
+    hub = server.hub
+    yield _gauge("chatsrv_history_memory_bytes", "Estimated bytes of history kept in memory "
+                 "(see --history-memory).", hub.history_bytes)
+    yield _gauge("chatsrv_history_memory_budget_bytes", "The --history-memory budget in bytes.",
+                 hub.history_budget)
+
+
 def _store(server: ChatServer) -> Iterator:
     """The durable store's writer thread: is history keeping up with the disk?"""
     if not server.store.durable:
         return
+    yield _gauge("chatsrv_store_stalled", "1 while a store operation has run, or history "
+                 "writes have failed, for more than 5 s (/readyz answers 503).",
+                 1 if server.writer.stalled() else 0)
     stats = server.writer.stats
     yield _counter("chatsrv_store_flushes", "History batches committed.", stats.flushes)
     yield _counter("chatsrv_store_messages_written", "History messages committed.",

@@ -64,6 +64,11 @@ REFUSE_BATCH = 100
 BUSY_LOG_EVERY_S = 60.0
 # How often idle per-address entries and the once-a-minute log state are swept.
 SWEEP_EVERY_S = 10.0
+# At shutdown the store gets what is left of --shutdown-grace + this, and at
+# least STORE_CLOSE_MIN_S, whatever the disk does: SIGTERM ends the process
+# within about --shutdown-grace + 4 s (docs/operations.md).
+STORE_CLOSE_EXTRA_S = 3.0
+STORE_CLOSE_MIN_S = 3.0
 
 
 def raise_fd_limit() -> int:
@@ -192,7 +197,7 @@ class ChatServer:
         self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
                        durable=self.store.durable, max_groups=config.max_groups,
-                       create_rate=create_rate)
+                       create_rate=create_rate, history_memory=config.history_memory_bytes)
         self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
                                   keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()
@@ -231,14 +236,18 @@ class ChatServer:
     def load(self) -> None:
         """Put back the groups and recent history the store kept; raises StoreError."""
         started = time.monotonic()
-        loaded = self.store.load(self.config.history)
+        hub = self.hub
+        loaded = self.store.load(self.config.history, hub.history_budget)
         for group in loaded:
             record = group.record
-            self.hub.restore_group(record.name, record.created_by, record.created_at,
-                                   group.history)
-        log.info("store %s: %d groups, %d history messages loaded in %.2f s",
-                 self.store.describe(), len(loaded), sum(len(g.history) for g in loaded),
-                 time.monotonic() - started)
+            hub.restore_group(record.name, record.created_by, record.created_at,
+                              group.history, group.total)
+        hub.restored()
+        self.writer.ends = {group.key: group.seq for group in hub.groups.values()}
+        log.info("store %s: %d groups, %d history messages loaded (%.1f MiB of "
+                 "--history-memory %.1f MiB) in %.2f s", self.store.describe(), len(loaded),
+                 sum(len(g.history) for g in hub.groups.values()), hub.history_bytes / 2**20,
+                 hub.history_budget / 2**20, time.monotonic() - started)
 
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
@@ -290,20 +299,23 @@ class ChatServer:
         self.flush()
         for session in sessions:
             session.abort("shutdown")
-        deadline = time.monotonic() + self.config.shutdown_grace + 1.0
+        started = time.monotonic()
+        deadline = started + self.config.shutdown_grace + 1.0
         while self.sessions and time.monotonic() < deadline:
             gevent.sleep(0.05)
         self.backplane.stop()
-        self.close_store()
+        left = started + self.config.shutdown_grace + STORE_CLOSE_EXTRA_S - time.monotonic()
+        self.close_store(max(STORE_CLOSE_MIN_S, left))
         if self.http is not None:  # kept until now: /readyz said 503 during the drain
             self.http.stop()
         self.stopped.set()
         log.info("stopped")
 
-    def close_store(self) -> None:
-        """Write the history still unsaved, close the store and free the data directory."""
+    def close_store(self, timeout: float | None = None) -> None:
+        """Write the history still unsaved, close the store and free the data directory
+        (within `timeout` seconds, whatever the disk does)."""
         try:
-            self.writer.close()
+            self.writer.close(timeout)
         except Exception as err:
             log.error("closing the store failed: %s", err)
             return

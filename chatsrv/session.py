@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatsrv.session")
 
 READ_SIZE = 65536
+# While a session waits for the store it keeps reading, to notice its peer
+# closing, but holds at most this many bytes unprocessed before it stops.
+HOLD_MAX = 4 * READ_SIZE
 # One receive buffer for every session: the loop runs one callback or greenlet
 # at a time and each read is copied out before anything else runs. A fresh
 # 64 KiB bytes per recv would be malloc'd and shrunk on every read.
@@ -81,7 +84,7 @@ class Session:
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence",
+        "silence", "held", "held_bytes",
     )
 
     def __init__(self, server: ChatServer, sock, peer: str, sid: int, tls=None) -> None:
@@ -118,6 +121,10 @@ class Session:
         # followed by LEGACY_SILENCE_S of silence are a line (`silence` times it).
         self.legacy = False
         self.silence = None
+        # Bytes read while waiting for the store (a list only while there are any:
+        # an idle session should not pay for an empty one).
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
 
     # ------------------------------------------------------------ output
 
@@ -467,20 +474,63 @@ class Session:
         self.server.schedule_flush()
 
     def _wait_for_store(self, lines: list[bytes]) -> None:
-        """`create` (or a command naming a group being created) answers once the
-        store has committed: stop reading and wait in a greenlet of our own, so
-        this client's replies keep their order and nobody else waits."""
+        """`create` (or a command naming a group being created, or `history` read
+        from the store) answers once the store has: wait in a greenlet of our own,
+        so this client's replies keep their order and nobody else waits.
+
+        Meanwhile the socket is still read (`_hold`), so a peer that closes is
+        noticed at once and its name is free, however long the store takes; what
+        it sent is held, in order, for when the reply is in."""
         self.sock._read_event.stop()
         self.server.schedule_flush()
         pending = self.server.writer.take_pending()
         self.paused = gevent.spawn(self._settle, pending, lines)
+        self.sock._read_event.start(self._hold)
+
+    def _hold(self) -> None:
+        """The io watcher's callback while waiting for the store: EOF ends the session."""
+        try:
+            n = self.raw_recv_into(_RECV_BUF)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self.abort(_reason(err))
+            return
+        if n == 0:
+            self.abort("eof")
+            return
+        self.bytes_in += n
+        if self.held is None:
+            self.held = []
+        self.held.append(_RECV_VIEW[:n].tobytes())
+        self.held_bytes += n
+        if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
+            self.sock._read_event.stop()
 
     def _settle(self, pending, lines: list[bytes]) -> None:
         try:
             self.server.writer.settle(pending)
         finally:
             self.paused = None
+        if self.ending is not None:
+            return
+        self.sock._read_event.stop()
+        eof = False
+        if self.held:
+            data = b"".join(self.held)
+            self.held = None
+            self.held_bytes = 0
+            if self.tls is not None:
+                try:
+                    data, eof = self.tls.decrypt(data)
+                except ssl.SSLError:
+                    self.abort("error")
+                    return
+            if data:
+                lines = lines + self._frame(data, self.server.config.max_line)
         self._go_on(lines, False)
+        if eof and self.ending is None:
+            self.abort("eof")
 
     # ------------------------------------------------------------ framing
 

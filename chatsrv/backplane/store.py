@@ -48,7 +48,7 @@ class RedisStore(Store):
     def describe(self) -> str:
         return f"redis {conn.describe(self.url)}"
 
-    def load(self, keep: int) -> list[LoadedGroup]:
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         """Every group of the cluster (General made if missing), each with its history."""
         try:
             self._create(GroupRecord(GENERAL, "", 0.0))
@@ -79,7 +79,7 @@ class RedisStore(Store):
             raise ClusterUnavailable(str(err)) from None
         return _record(raw) if raw else None
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str) -> bool:
         """Not on the server's path: a node deletes through its publisher
         (`RedisBackplane.delete_group`), in order with the messages it still sends,
         which would otherwise put the history list back. Kept for the Store contract."""
@@ -89,6 +89,7 @@ class RedisStore(Store):
                             keys.CTL, keys.dumps({"t": "delgroup", "n": "", "g": key}))
         except conn.ERRORS as err:
             raise ClusterUnavailable(str(err)) from None
+        return True
 
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         pipe = self.redis.pipeline(transaction=False)

@@ -26,6 +26,9 @@ persisted and the gevent layer hands that to the store, as it does with
    clean stop (SIGTERM/SIGINT) writes everything. If a write fails (disk
    full), its entries are marked unsaved again and retried at the next flush;
    what is pending never exceeds the in-memory rings, so memory stays bounded.
+   The rings of all groups together are bounded by `--history-memory` (see
+   `hub.py`): entries the store has committed may leave memory, and `history`
+   reads them back through the writer thread (`Store.read_older`).
 
 2. Groups. `create` reserves the name in the hub (`Hub.reserved`: not
    visible yet) and lists it in `Hub.uncommitted` instead of replying. Right
@@ -41,7 +44,8 @@ persisted and the gevent layer hands that to the store, as it does with
    for the same commit and then runs the command again, so "already exists"
    is only ever said of a group that `join` finds. As the writer thread runs
    jobs in order, a group is committed before any history batch that
-   mentions it.
+   mentions it. A commit that takes more than 10 s is answered as failed and,
+   if it lands later, deleted again (`Store.delete_group`; see writer.py).
 
 3. Start-up. `open_store` takes an exclusive `flock` on
    `<data-dir>/chatsrv.lock` (a second server on the directory exits with a

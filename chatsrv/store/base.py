@@ -31,6 +31,7 @@ class GroupRecord:
 class LoadedGroup:
     record: GroupRecord
     history: list[Entry] = field(default_factory=list)  # oldest first
+    total: int = 0  # entries the store holds for the group (`history` are the newest)
 
 
 class Store(ABC):
@@ -40,22 +41,33 @@ class Store(ABC):
     durable: bool = False  # False: nothing survives the process; the hub skips the journal
 
     @abstractmethod
-    def load(self, keep: int) -> list[LoadedGroup]:
-        """Every kept group with its last `keep` history entries, oldest first."""
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
+        """Every kept group with its last `keep` history entries, oldest first;
+        with a `budget` (bytes, see `hub.entry_size`), only the newest entries of
+        the whole store that fit in it."""
 
     @abstractmethod
     def create_group(self, record: GroupRecord) -> None:
         """Commit a new group; returns only once it is durable."""
 
     @abstractmethod
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str) -> bool:
         """Forget a group (by display name) and all its history; returns only once
-        that is durable: a restart must not bring it back."""
+        that is durable: a restart must not bring it back. Used by the admin API's
+        deletion and to undo a `create_group` whose creator was already told it
+        failed (it took longer than `writer.CREATE_TIMEOUT_S`). False when the
+        store did not have it."""
 
     @abstractmethod
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         """Append entries (group display name, entries oldest first) in one
         transaction; then drop all but each touched group's last `keep` entries."""
+
+    def read_older(self, name: str, skip: int, count: int) -> list[Entry]:
+        """The `count` entries of a group before its newest `skip`, oldest first
+        (what `history` needs beyond the memory budget). A store that keeps no
+        history has none."""
+        return []
 
     @abstractmethod
     def close(self) -> None:

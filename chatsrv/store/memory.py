@@ -13,14 +13,14 @@ class MemoryStore(Store):
     kind = "memory"
     durable = False
 
-    def load(self, keep: int) -> list[LoadedGroup]:
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         return []
 
     def create_group(self, record: GroupRecord) -> None:
         pass
 
-    def delete_group(self, name: str) -> None:
-        pass
+    def delete_group(self, name: str) -> bool:
+        return True  # nothing kept: gone already
 
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         pass

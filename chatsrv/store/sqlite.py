@@ -200,42 +200,85 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------ start-up
 
-    def load(self, keep: int) -> list[LoadedGroup]:
+    def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         try:
-            return self._load(keep)
+            return self._load(keep, budget)
         except sqlite3.Error as err:
             raise StoreError(describe_db_error(self.path, err)) from None
 
-    def _load(self, keep: int) -> list[LoadedGroup]:
+    def _load(self, keep: int, budget: int | None) -> list[LoadedGroup]:
         db = self.db
         if db.execute("SELECT 1 FROM groups WHERE name = ?", (GENERAL,)).fetchone() is None:
             db.execute("INSERT INTO groups (name, created_by, created_at) VALUES (?, '', ?)",
                        (GENERAL, time.time()))
         self.stored = dict(db.execute(
             "SELECT group_id, SUM(count) FROM history_chunks GROUP BY group_id"))
-        loaded = []
+        loaded = {}
         for gid, name, created_by, created_at in db.execute(
             "SELECT id, name, created_by, created_at FROM groups ORDER BY id"
         ).fetchall():
             self.ids[name] = gid
-            group = LoadedGroup(GroupRecord(name, created_by, created_at))
-            if keep and self.stored.get(gid):
-                group.history = self._recent(gid, keep)
-            loaded.append(group)
-        return loaded
+            loaded[gid] = LoadedGroup(GroupRecord(name, created_by, created_at),
+                                      total=self.stored.get(gid, 0))
+        if keep:
+            for gid, entries in self._newest(keep, budget).items():
+                loaded[gid].history = entries
+        return list(loaded.values())
 
-    def _recent(self, gid: int, keep: int) -> list[Entry]:
-        chunks, total = [], 0
-        for row in self.db.execute(
-            "SELECT count, times, senders, texts FROM history_chunks "
-            "WHERE group_id = ? ORDER BY id DESC", (gid,)
-        ):
-            chunks.append(unpack(*row))
-            total += row[0]
-            if total >= keep:
+    def _newest(self, keep: int, budget: int | None) -> dict[int, list[Entry]]:
+        """Each group's last `keep` entries, newest chunks of the whole store first,
+        as long as they fit in `budget`: the memory budget holds at start too."""
+        from ..hub import entry_size
+
+        left = float("inf") if budget is None else budget
+        wanted = {gid: keep for gid in self.stored}
+        chunks: dict[int, list[list[Entry]]] = {}
+        for chunk_id, gid, _ in self.db.execute(
+            "SELECT id, group_id, count FROM history_chunks ORDER BY id DESC"
+        ).fetchall():
+            want = wanted.get(gid, 0)
+            if want <= 0:
+                continue
+            entries = self._chunk(chunk_id)[-want:]
+            fit = 0
+            for entry in reversed(entries):
+                left -= entry_size(entry)
+                if left < 0:
+                    break
+                fit += 1
+            if fit:
+                chunks.setdefault(gid, []).append(entries[len(entries) - fit:])
+                wanted[gid] = want - fit
+            if left < 0:
                 break
-        entries = [entry for chunk in reversed(chunks) for entry in chunk]
-        return entries[-keep:]
+        return {gid: [e for chunk in reversed(parts) for e in chunk]
+                for gid, parts in chunks.items()}
+
+    def _chunk(self, chunk_id: int) -> list[Entry]:
+        row = self.db.execute(
+            "SELECT count, times, senders, texts FROM history_chunks WHERE id = ?", (chunk_id,)
+        ).fetchone()
+        return unpack(*row)
+
+    def read_older(self, name: str, skip: int, count: int) -> list[Entry]:
+        """Writer thread: the `count` entries before the group's newest `skip`."""
+        gid = self.ids.get(name)
+        if gid is None or count <= 0:
+            return []
+        needed, seen, newer = [], 0, 0
+        for chunk_id, n in self.db.execute(
+            "SELECT id, count FROM history_chunks WHERE group_id = ? ORDER BY id DESC", (gid,)
+        ):
+            if seen + n > skip:
+                if not needed:
+                    newer = seen  # entries of the newer chunks, all skipped
+                needed.append(chunk_id)
+            seen += n
+            if seen >= skip + count:
+                break
+        entries = [entry for chunk_id in reversed(needed) for entry in self._chunk(chunk_id)]
+        end = len(entries) - (skip - newer)
+        return entries[max(0, end - count):max(0, end)]
 
     # ------------------------------------------------------------ writer thread
 
@@ -251,7 +294,7 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous = NORMAL")
         self.ids[record.name] = cursor.lastrowid
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str) -> bool:
         """The group row and its history chunks in one transaction, fsynced like a
         create: the admin API's 204 is a promise."""
         db = self.db
@@ -259,7 +302,7 @@ class SqliteStore(Store):
         if gid is None:
             row = db.execute("SELECT id FROM groups WHERE name = ?", (name,)).fetchone()
             if row is None:
-                return
+                return False
             gid = row[0]
         db.execute("PRAGMA synchronous = FULL")
         try:
@@ -276,6 +319,7 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous = NORMAL")
         self.stored.pop(gid, None)
         self.unknown.discard(name)
+        return True
 
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         rows = []

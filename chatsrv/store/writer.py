@@ -12,12 +12,22 @@ result wait on it without blocking the event loop:
   the hub is updated and the reply queued in a link callback, so they happen
   even if that session is killed while waiting. A session whose command named
   a group still being committed waits for that commit, then runs the command
-  again.
+  again;
+- `history` beyond what memory holds (`--history-memory`) is read by the same
+  thread (`read_older`), so it sees exactly the batches handed over before it.
+
+A disk that stops answering must not stop the server (PROTOCOL.md, "Limits"):
+a create not committed within `CREATE_TIMEOUT_S` is answered as failed, and
+undone by the thread if it lands later (`_Fate`); a history read gives up
+after `READ_TIMEOUT_S`; `stalled()` (readiness, a metric, log lines) says when
+an operation has run for more than `STALL_AFTER_S` or writes keep failing that
+long; `close` is bounded and logs what could not be written.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -35,6 +45,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatsrv.store")
 
 FAILURE_LOG_EVERY_S = 60.0
+CREATE_TIMEOUT_S = 10.0  # PROTOCOL.md: then `error: group not created, storage failed`
+READ_TIMEOUT_S = 10.0  # a `history` read from the store; then memory's part only
+STALL_AFTER_S = 5.0  # an operation running (or writes failing) this long: not ready
+WATCH_EVERY_S = 1.0
+
+
+class _Abandoned(Exception):
+    """The thread undid a commit that came after its creator was told it failed."""
+
+
+class _Fate:
+    """Who decides a create first: the thread (committed in time) or the loop's
+    timer (too late: abandoned). A real lock, as the thread is a real thread."""
+
+    __slots__ = ("lock", "state")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state: str | None = None
+
+    def decide(self, state: str) -> bool:
+        with self.lock:
+            if self.state is None:
+                self.state = state
+                return True
+            return False
 
 
 class WriterStats:
@@ -71,10 +107,54 @@ class StoreWriter:
         self.read_history = None
         self.follow = None
         self._failure_logged = 0.0
+        # Writer thread only: group key -> `Group.seq` just after its last
+        # committed entry, so `read_older` knows how many of the newest stored
+        # entries memory also holds. Loaded groups start at their `seq`.
+        self.ends: dict[str, int] = {}
+        self._in_flight: list = []  # the history batch being committed
+        # Set by the thread while it runs an operation (a float is atomic to read).
+        self._busy_since: float | None = None
+        self._stall_logged: float | None = None
+        self._watch = None
 
     def start(self) -> None:
         if self.pool is not None and self.hub.journal is not None:
             self._flusher = gevent.spawn(self._run)
+        if self.pool is not None:
+            self._watch = gevent.get_hub().loop.timer(WATCH_EVERY_S, WATCH_EVERY_S)
+            self._watch.start(self._check_stall)
+
+    def _job(self, fn, *args):
+        """Run in the writer thread, timed for `stalled`."""
+        self._busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._busy_since = None
+
+    def stalled(self) -> float:
+        """Seconds the store has been stuck (an operation running, or history writes
+        failing, for more than STALL_AFTER_S); 0.0 when it is not. Whoever asks
+        first (readiness, a scrape, the 1 s watch, a flush) logs the change, so the
+        log agrees with what /readyz said."""
+        now = time.monotonic()
+        since = min((t for t in (self._busy_since, self._failing_since) if t is not None),
+                    default=None)
+        stuck = 0.0 if since is None or now - since <= STALL_AFTER_S else now - since
+        if stuck and self._stall_logged is None:
+            self._stall_logged = since
+            log.error("store stalled: no answer from %s for %.0f s (%d history messages "
+                      "unsaved); /readyz answers 503 until it recovers", self.store.describe(),
+                      stuck, self.hub.unsaved_count())
+        elif not stuck and self._stall_logged is not None:
+            log.warning("store recovered after %.1f s", now - self._stall_logged)
+            self._stall_logged = None
+        return stuck
+
+    def _check_stall(self) -> None:
+        """Every WATCH_EVERY_S and after each history write: log a change even when
+        nobody asks (see `stalled`)."""
+        self.stalled()
 
     # ------------------------------------------------------------ history
 
@@ -91,13 +171,19 @@ class StoreWriter:
         if not batch:
             return
         records = [(group.name, entries) for group, entries in batch]
+        ends = [(group.key, group.seq) for group, _ in batch]
         started = time.monotonic()
+        self._in_flight = batch
         try:
-            self.pool.apply(self.store.append_history, (records, self.keep))
+            self.pool.apply(self._job, (self._append, records, ends))
         except Exception as err:  # disk full, I/O error: keep the entries, try again
             self.hub.unsaved_again(batch)
-            self._failed(err, sum(len(e) for _, e in records))
+            self._failed(err, sum(len(e) for _, e in records), started)
+            self._check_stall()
             return
+        finally:
+            self._in_flight = []
+        self.hub.history_saved(batch)
         spent = time.monotonic() - started
         stats = self.stats
         stats.flushes += 1
@@ -107,12 +193,18 @@ class StoreWriter:
         if self._failing_since is not None:
             log.warning("history writes recovered after %.1f s", started - self._failing_since)
             self._failing_since = None
+        self._check_stall()
 
-    def _failed(self, err: Exception, pending: int) -> None:
+    def _append(self, records: list, ends: list[tuple[str, int]]) -> None:
+        """Writer thread: commit a history batch, then note where each group ends."""
+        self.store.append_history(records, self.keep)
+        self.ends.update(ends)
+
+    def _failed(self, err: Exception, pending: int, started: float) -> None:
         self.stats.failures += 1
         now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since = now
+            self._failing_since = started
         if now - self._failure_logged >= FAILURE_LOG_EVERY_S:
             self._failure_logged = now
             log.error("history write failed (%d messages pending, retrying every flush): %s",
@@ -158,6 +250,8 @@ class StoreWriter:
             for kind, user, group, arg in queries:
                 if kind == "history":
                     self._answer_history(user, group, arg)
+                elif kind == "stored":
+                    self._answer_stored(user, group, *arg)
                 else:
                     self._answer_join(user, group)
             created, blocked, queries = self.take_pending()
@@ -184,13 +278,61 @@ class StoreWriter:
                 self.hub.reply(user, line)
         self.on_reply()
 
+    def _answer_stored(self, user: User, group: Group, before: int, count: int,
+                       kept: list) -> None:
+        """`history` beyond memory: the `count` entries before number `before` from
+        the store (the writer thread, after every batch handed over before this
+        command), then `kept`, the ring as it was when the command ran."""
+        try:
+            older = self.pool.spawn(self._job, self._read_older, group.name, group.key,
+                                    before, count).get(timeout=READ_TIMEOUT_S)
+        except (Exception, gevent.Timeout) as err:
+            log.warning("history of %s: older messages not read from the store, answering "
+                        "with the %d in memory: %s", group.name, len(kept),
+                        err or "timed out")
+            older = []
+        if self.hub.users.get(user.key) is user:
+            for at, sender, text in (*older, *kept):
+                self.hub.reply(user, P.history_line(group.name, at, sender, text))
+            self.hub.reply(user, f"ok: end of history {group.name}")
+        self.on_reply()
+
+    def _read_older(self, name: str, key: str, before: int, count: int) -> list:
+        """Writer thread: the stored entries numbered before-count .. before-1."""
+        skip = max(0, self.ends.get(key, 0) - before)
+        return self.store.read_older(name, skip, count)
+
+    def _create(self, record: GroupRecord, fate: _Fate) -> None:
+        """Writer thread: commit a group, or undo it if its creator gave up meanwhile."""
+        self.store.create_group(record)
+        if not fate.decide("committed"):
+            undone = self.store.delete_group(record.name)
+            log.warning("group %s committed %.0f s late, after its creator was told it "
+                        "failed: %s", record.name, time.time() - record.created_at,
+                        "deleted again" if undone else "it exists (this store cannot undo)")
+            raise _Abandoned(record.name)
+
     def _commit(self, creator: User | None, group: Group) -> Event:
         done = Event()
         self._commits[group.key] = done
         record = GroupRecord(group.name, group.created_by, group.created_at)
-        job = self.pool.spawn(self.store.create_group, record)
+        fate = _Fate()
+        job = self.pool.spawn(self._job, self._create, record, fate)
+        timer = gevent.get_hub().loop.timer(CREATE_TIMEOUT_S)
+
+        def give_up() -> None:
+            timer.close()
+            if not fate.decide("abandoned"):
+                return  # committed just now: `finish` is on its way
+            log.error("group %s not created: the store did not answer within %.0f s",
+                      group.name, CREATE_TIMEOUT_S)
+            self.hub.group_not_committed(group, creator)
+            self._decided(group, done)
 
         def finish(job) -> None:
+            timer.close()
+            if fate.state == "abandoned":
+                return  # answered by `give_up`; the thread undid a late commit
             err = job.exception
             if job.successful():
                 self.stats.creates += 1
@@ -206,27 +348,56 @@ class StoreWriter:
             else:
                 log.error("group %s not created: the store failed: %s", group.name, err)
                 self.hub.group_not_committed(group, creator)
-            del self._commits[group.key]
-            self.on_reply()
-            done.set()
+            self._decided(group, done)
 
+        timer.start(give_up)
         job.rawlink(finish)
         return done
 
+    def _decided(self, group: Group, done: Event) -> None:
+        if self._commits.get(group.key) is done:
+            del self._commits[group.key]
+        self.on_reply()
+        done.set()
+
     # ------------------------------------------------------------ end
 
-    def close(self) -> None:
-        """Write what is left, close the store, stop the thread. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is left, close the store, stop the thread. Idempotent.
+
+        With a `timeout` it returns within about that many seconds whatever the
+        disk does: history it could not write is logged as lost, with a count,
+        and a thread stuck in the disk is left behind (the process exits)."""
         if self._closing:
             return
         self._closing = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._watch is not None:
+            self._watch.close()
         if self._flusher is not None:
             self._wake.set()
-            self._flusher.join()
+            self._flusher.join(timeout=_left(deadline))
+            if not self._flusher.dead:
+                lost = self.hub.unsaved_count()
+                self._flusher.kill(block=False)
+                log.error("store did not answer within %.1f s at shutdown: %d history "
+                          "messages lost", timeout, lost)
+                return
+            lost = self.hub.unsaved_count()
+            if lost:
+                log.error("the last history write failed at shutdown: %d history messages "
+                          "lost", lost)
         if self.pool is None:
             self.store.close()
             return
         try:
-            self.pool.apply(self.store.close)
-        finally:
-            self.pool.kill()
+            self.pool.spawn(self._job, self.store.close).get(timeout=_left(deadline))
+        except gevent.Timeout:
+            log.error("store did not close within %.1f s at shutdown (history was written; "
+                      "the next start recovers the database)", timeout)
+            return  # killing the pool would wait for its stuck thread
+        self.pool.kill()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
