@@ -164,6 +164,8 @@ def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F81
     assert result.exit_code == 0, result.output
     cells = [[c.strip() for c in line.split("│")[1:3]]
              for line in result.output.splitlines() if line.startswith("│")]
+    # A narrow console wraps the groups cell onto a row of its own: skip those.
+    cells = [row for row in cells if row[0]]
     assert cells == [["alice", "node0"], ["bob", "node1"]], result.output
     groups = {g["name"]: g["members"] for g in api.ok("GET", "/api/v1/groups")["groups"]}
     assert groups == {"General": 2, "ops": 1}
