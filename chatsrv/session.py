@@ -346,20 +346,27 @@ class Session:
 
     # ------------------------------------------------------------ parked reading
 
-    def _on_readable(self) -> None:
-        """The io watcher's callback, in the event loop: read what is there, handle it."""
+    def _read_ready(self) -> bytes | None:
+        """One non-blocking read for an io watcher's callback: the bytes, or None
+        (nothing there after all, or the session ended: EOF or a socket error)."""
         try:
             n = self.raw_recv_into(_RECV_BUF)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError as err:
             self.abort(_reason(err))
-            return
+            return None
         if n == 0:
             self.abort("eof")
-            return
+            return None
         self.bytes_in += n
-        data = _RECV_VIEW[:n].tobytes()
+        return _RECV_VIEW[:n].tobytes()
+
+    def _on_readable(self) -> None:
+        """The io watcher's callback, in the event loop: read what is there, handle it."""
+        data = self._read_ready()
+        if data is None:
+            return
         if self.tls is not None:
             try:
                 data, eof = self.tls.decrypt(data)
@@ -489,21 +496,13 @@ class Session:
 
     def _hold(self) -> None:
         """The io watcher's callback while waiting for the store: EOF ends the session."""
-        try:
-            n = self.raw_recv_into(_RECV_BUF)
-        except (BlockingIOError, InterruptedError):
+        data = self._read_ready()
+        if data is None:
             return
-        except OSError as err:
-            self.abort(_reason(err))
-            return
-        if n == 0:
-            self.abort("eof")
-            return
-        self.bytes_in += n
         if self.held is None:
             self.held = []
-        self.held.append(_RECV_VIEW[:n].tobytes())
-        self.held_bytes += n
+        self.held.append(data)
+        self.held_bytes += len(data)
         if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
             self.sock._read_event.stop()
 

@@ -3,24 +3,12 @@
 
 from __future__ import annotations
 
+from hubkit import FakeClock as Clock
+from hubkit import lines
+
 from chatsrv.createrate import CreateRate
 from chatsrv.hub import Hub, User
 from chatsrv.limits import address_key
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def lines(user: User) -> list[str]:
-    out = b"".join(user.queue).decode().splitlines()
-    user.queue.clear()
-    return out
-
 
 # ---------------------------------------------------------------- the bucket
 

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hubkit import FakeClock, lines
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsrv.hub import Hub, LoginRefused, User
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def lines(user: User) -> list[str]:
-    """Everything queued for `user` so far, then forget it (like a flush)."""
-    out = b"".join(user.queue).decode().splitlines()
-    user.queue.clear()
-    return out
+from chatsrv.hub import Hub, LoginRefused
 
 
 @pytest.fixture
