@@ -65,8 +65,11 @@ def start(pythonpath: str | None, data: str, http_port: int) -> tuple[subprocess
             "--rate-limit", "0", "--http-port", str(http_port), "--data-dir", data]
     log = Path(data) / "server.log"
     Path(data).mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(args + ["--create-rate", "0"] if _knows_rate(python, env) else args,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    # `-m` puts the working directory first on sys.path: run from the tree itself,
+    # or this checkout's chatsrv would be the one measured.
+    cwd = pythonpath or None
+    proc = subprocess.Popen(args + ["--create-rate", "0"] if _knows_rate(python, env, cwd) else args,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         match = re.search(r"listening on \S+:(\d+)", log.read_text())
@@ -77,8 +80,8 @@ def start(pythonpath: str | None, data: str, http_port: int) -> tuple[subprocess
     raise SystemExit(f"server did not start:\n{log.read_text()}")
 
 
-def _knows_rate(python: list[str], env: dict) -> bool:
-    out = subprocess.run([*python, "-m", "chatsrv", "serve", "--help"], env=env,
+def _knows_rate(python: list[str], env: dict, cwd: str | None) -> bool:
+    out = subprocess.run([*python, "-m", "chatsrv", "serve", "--help"], env=env, cwd=cwd,
                          capture_output=True, text=True).stdout
     return "--create-rate" in out
 
@@ -116,7 +119,10 @@ def burst(port: int, groups: int, name_len: int) -> None:
 def healthz(http_port: int, held: int) -> None:
     socks = []
     for _ in range(held):
-        sock = socket.create_connection(("127.0.0.1", http_port), timeout=10)
+        try:  # a server whose pool is full may not even accept (the old code)
+            sock = socket.create_connection(("127.0.0.1", http_port), timeout=2)
+        except OSError:
+            continue
         sock.sendall(HALF)
         socks.append(sock)
     time.sleep(1.0)  # let the server accept them all before the first probe
@@ -130,7 +136,7 @@ def healthz(http_port: int, held: int) -> None:
         except OSError:
             times.append(10.0)
             break  # starved: one timeout says it
-    print(f"/healthz with {held} half-sent requests held: median "
+    print(f"/healthz with {held} half-sent requests held ({len(socks)} connected): median "
           f"{statistics.median(times) * 1000:.1f} ms, max {max(times) * 1000:.1f} ms "
           f"({len(times)} requests)")
     for sock in socks:
