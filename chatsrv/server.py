@@ -10,15 +10,13 @@ import itertools
 import logging
 import resource
 import signal
-import socket as _stdsocket
+import socket
 import ssl
 import time
 from collections import Counter
 
 import gevent
-from gevent import socket
 from gevent.event import Event
-from gevent.server import StreamServer
 
 from . import protocol as P
 from .auth import load_or_create_token
@@ -39,6 +37,8 @@ from .hub import (
     User,
 )
 from .limits import PER_IP, RATE, AddressLimits, address_key
+from .net.acceptor import Acceptor, listening_socket
+from .net.sockio import SockIO
 from .session import Session
 from .store import MemoryStore, Store, open_store
 from .store.writer import StoreWriter
@@ -57,9 +57,6 @@ REFUSAL_LINES = {
     PER_IP: P.TOO_MANY_FROM_ADDRESS,
     RATE: P.CONNECTING_TOO_FAST,
 }
-# At most this many refused sockets per accept callback, so a flood cannot hold
-# the event loop; the listening socket stays readable and the loop comes back.
-REFUSE_BATCH = 100
 # Server-wide refusals (full, unauth) are logged at most once per this many seconds.
 BUSY_LOG_EVERY_S = 60.0
 # How often idle per-address entries and the once-a-minute log state are swept.
@@ -115,7 +112,7 @@ def keepalive_options(seconds: float) -> list[tuple[int, int, int]]:
         (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
         (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count),
     ]
-    user_timeout = getattr(_stdsocket, "TCP_USER_TIMEOUT", None)  # Linux
+    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
     if user_timeout is not None:
         options.append((socket.IPPROTO_TCP, user_timeout, int(seconds * 1000)))
     return options
@@ -132,59 +129,6 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
     return ctx
-
-
-class _Listener(StreamServer):
-    """A StreamServer that admits or refuses each socket in the accept callback
-    itself, before a greenlet, a gevent socket or a session exists for it: a
-    refused connection costs accept, one non-blocking send and close.
-
-    It also leaves closing to the session: a logged-in session outlives its
-    handler greenlet (see session.py), so the socket must too."""
-
-    def __init__(self, address, handle, admit, **kw) -> None:
-        super().__init__(address, handle, **kw)
-        self._admit = admit
-        self._refusals = 0  # in this accept callback
-
-    def _do_read(self) -> None:
-        self._refusals = 0
-        super()._do_read()
-
-    def do_read(self):
-        listening = self.socket
-        while self._refusals < REFUSE_BATCH:
-            try:
-                fd, address = listening._accept()
-            except BlockingIOError:
-                return None
-            try:
-                line, key = self._admit(address[0])
-            except Exception:
-                log.exception("server error admitting a connection")
-                line, key = b"", None
-            if line is None:
-                sock = socket.socket(listening.family, listening.type, listening.proto,
-                                     fileno=fd)
-                return sock, address, key
-            self._refusals += 1
-            _refuse_fd(fd, listening.family, line)
-        return None
-
-    def do_close(self, sock, *args) -> None:
-        pass
-
-
-def _refuse_fd(fd: int, family: int, line: bytes) -> None:
-    """Send the refusal line without ever waiting (a fresh socket's buffer is empty), close."""
-    raw = _stdsocket.socket(family, _stdsocket.SOCK_STREAM, 0, fileno=fd)
-    try:
-        if line:
-            raw.send(line, _stdsocket.MSG_DONTWAIT)
-    except OSError:
-        pass
-    finally:
-        raw.close()
 
 
 class ChatServer:
@@ -223,7 +167,7 @@ class ChatServer:
         self._flush_pending = False
         self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
-        self._listener: StreamServer | None = None
+        self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
         self.backplane = open_backplane(self)
@@ -252,13 +196,11 @@ class ChatServer:
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
         self.writer.start()
-        if self.config.reuse_port:  # a --workers worker: the port is shared
-            listener = _Listener(reuse_port_listener(self.config.host, self.config.port),
-                                 self._handle, self.admit)
-        else:
-            listener = _Listener((self.config.host, self.config.port), self._handle,
-                                 self.admit, backlog=4096)
-        listener.init_socket()  # bound before joining a cluster it could not serve
+        # Bound before joining a cluster it could not serve; a --workers worker
+        # shares the port with the others (SO_REUSEPORT).
+        listener = Acceptor(listening_socket(self.config.host, self.config.port,
+                                             reuse_port=self.config.reuse_port),
+                            self._handle, self.admit)
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
@@ -398,32 +340,33 @@ class ChatServer:
             if session is None:
                 self._release(key, False)
 
-    def _open_session(self, sock, address, key: str | None) -> Session | None:
+    def _open_session(self, sock: socket.socket, address, key: str | None) -> Session | None:
         peer = f"{address[0]}:{address[1]}"
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.keepalive:
             set_keepalive(sock, self.config.keepalive)
+        io = SockIO(sock)
         tls = None
         if self._tls is not None:
-            tls = self._tls_handshake(sock, peer)
+            tls = self._tls_handshake(io, peer)
             if tls is None:
                 return None
-        session = Session(self, sock, peer, next(self._ids), tls)
+        session = Session(self, io, peer, next(self._ids), tls)
         session.addr_key = key
         self.sessions.add(session)
         self.connections_total += 1
         log.info("connect id=%d peer=%s", session.id, peer)
         return session
 
-    def _tls_handshake(self, sock, peer: str) -> TlsChannel | None:
+    def _tls_handshake(self, io: SockIO, peer: str) -> TlsChannel | None:
         try:
-            tls = TlsChannel(self._tls, sock)
+            tls = TlsChannel(self._tls, io)
             with gevent.Timeout(self.config.login_timeout):
                 tls.handshake()
             return tls
         except (OSError, gevent.Timeout) as err:
             log.info("tls handshake failed peer=%s: %s", peer, err)
-            sock.close()
+            io.close()
             return None
 
     def login(self, text: str, session: Session) -> User:
@@ -555,20 +498,6 @@ class ChatServer:
         self.schedule_flush()  # the leave notices
         session.abort("kicked")
         return user.name
-
-
-def reuse_port_listener(host: str, port: int):
-    """A listening socket that other processes (the other workers) share: the
-    kernel spreads new connections over them (SO_REUSEPORT)."""
-    from gevent import socket as gsocket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = gsocket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
-    return sock
 
 
 def serve(config: Config) -> int:

@@ -1,6 +1,6 @@
 """One client connection on gevent: read bytes, frame lines, call the hub, move bytes out.
 
-Reading has two phases. Until login, the StreamServer's greenlet for the
+Reading has two phases. Until login, the acceptor's greenlet for the
 client reads (64 KiB at a time, one split per read) with the login timeout
 around it: blocking code is the clearest way to write a prompt loop. Once
 logged in, the session *parks*: the greenlet returns and an io watcher calls
@@ -37,6 +37,7 @@ from .hub import LoginRefused, User
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from .net.sockio import SockIO
     from .server import ChatServer
 
 log = logging.getLogger("chatsrv.session")
@@ -87,7 +88,8 @@ class Session:
         "silence", "held", "held_bytes",
     )
 
-    def __init__(self, server: ChatServer, sock, peer: str, sid: int, tls=None) -> None:
+    def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
+                 tls=None) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
@@ -97,10 +99,10 @@ class Session:
         self.writer = None
         self.chunks: list[bytes] = []
         self.qbytes = 0
-        # The non-blocking stdlib socket under gevent's wrapper, so a flush or a
-        # parked read is one syscall and never a switch. TLS goes through tls.py.
-        self.raw_send = sock._sock.send
-        self.raw_recv_into = sock._sock.recv_into
+        # The non-blocking stdlib socket, so a flush or a parked read is one
+        # syscall and never a switch. TLS goes through tls.py.
+        self.raw_send = sock.sock.send
+        self.raw_recv_into = sock.sock.recv_into
         self.tls = tls
         # Every line counts, from the username prompt on (PROTOCOL.md v2, Limits).
         rate = server.config.rate_limit
@@ -192,7 +194,7 @@ class Session:
             reader.kill(SessionEnd(reason), block=False)
 
     def run(self) -> None:
-        """The StreamServer greenlet's body: the login phase, then park (and return)."""
+        """The connection greenlet's body: the login phase, then park (and return)."""
         reason = None
         try:
             lines = self._login_phase()
@@ -210,7 +212,7 @@ class Session:
             self._finish(self.ending or reason)
             return
         self.reader = None
-        self.sock._read_event.start(self._on_readable)
+        self.sock.reading.start(self._on_readable)
         self._handle_lines(lines, False)
         if self.tls is not None and self.ending is None:
             self._on_plaintext(self.tls.read_buffered())
@@ -235,9 +237,9 @@ class Session:
             self._close(reason)
 
     def _stop_reading(self) -> None:
-        # Stopping the watcher also clears its callback, so the gevent socket's
-        # close finds no waiter to wake.
-        self.sock._read_event.stop()
+        # Nothing waits on the read watcher while parked; stopping it drops its
+        # callback (and with it this session) until reading resumes.
+        self.sock.reading.stop()
         if self.silence is not None:
             self.silence.close()
             self.silence = None
@@ -433,7 +435,7 @@ class Session:
 
     def _pause(self, delay: float, lines: list[bytes]) -> None:
         """Stop reading for `delay` seconds, then go on with `lines` (kept in order)."""
-        self.sock._read_event.stop()
+        self.sock.reading.stop()
         self.server.schedule_flush()
         timer = self.paused = self.server.loop.timer(delay)
         timer.start(self._resume, lines)
@@ -448,7 +450,7 @@ class Session:
             return
         self._handle_lines(lines, paid)
         if self.ending is None and self.paused is None:
-            self.sock._read_event.start(self._on_readable)
+            self.sock.reading.start(self._on_readable)
             self._watch_silence()
         self.server.schedule_flush()
 
@@ -488,11 +490,11 @@ class Session:
         Meanwhile the socket is still read (`_hold`), so a peer that closes is
         noticed at once and its name is free, however long the store takes; what
         it sent is held, in order, for when the reply is in."""
-        self.sock._read_event.stop()
+        self.sock.reading.stop()
         self.server.schedule_flush()
         pending = self.server.writer.take_pending()
         self.paused = gevent.spawn(self._settle, pending, lines)
-        self.sock._read_event.start(self._hold)
+        self.sock.reading.start(self._hold)
 
     def _hold(self) -> None:
         """The io watcher's callback while waiting for the store: EOF ends the session."""
@@ -504,7 +506,7 @@ class Session:
         self.held.append(data)
         self.held_bytes += len(data)
         if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
-            self.sock._read_event.stop()
+            self.sock.reading.stop()
 
     def _settle(self, pending, lines: list[bytes]) -> None:
         try:
@@ -513,7 +515,7 @@ class Session:
             self.paused = None
         if self.ending is not None:
             return
-        self.sock._read_event.stop()
+        self.sock.reading.stop()
         eof = False
         if self.held:
             data = b"".join(self.held)
