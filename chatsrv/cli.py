@@ -26,39 +26,43 @@ def _env(name: str) -> str:
     return "CHATSRV_" + name.upper()
 
 
+# Every default is written once, in Config; the options below take theirs from it.
+D = Config()
+
+
 @app.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", envvar=_env("host"), help="Address to listen on."),
-    port: int = typer.Option(50000, envvar=_env("port"), help="TCP port for clients (0 = any)."),
+    host: str = typer.Option(D.host, envvar=_env("host"), help="Address to listen on."),
+    port: int = typer.Option(D.port, envvar=_env("port"), help="TCP port for clients (0 = any)."),
     http_host: str = typer.Option(
-        "127.0.0.1", envvar=_env("http_host"), help="Address of the metrics/admin HTTP port."
+        D.http_host, envvar=_env("http_host"), help="Address of the metrics/admin HTTP port."
     ),
     http_port: int = typer.Option(
-        9150, envvar=_env("http_port"), help="Metrics/admin HTTP port (0 = off)."
+        D.http_port, envvar=_env("http_port"), help="Metrics/admin HTTP port (0 = off)."
     ),
     data_dir: Path = typer.Option(
-        Path("./chatsrv-data"), envvar=_env("data_dir"), help="Directory for durable data."
+        D.data_dir, envvar=_env("data_dir"), help="Directory for durable data."
     ),
     store: str = typer.Option(
-        "sqlite", envvar=_env("store"),
+        D.store, envvar=_env("store"),
         help="Where groups and history are kept: sqlite (a file in --data-dir) or memory "
         "(nothing survives a restart).",
     ),
     flush_ms: int = typer.Option(
-        50, envvar=_env("flush_ms"),
+        D.flush_ms, envvar=_env("flush_ms"),
         help="History is written every this many ms; a crash loses at most the last interval.",
     ),
     max_clients: int = typer.Option(
-        10000, envvar=_env("max_clients"),
+        D.max_clients, envvar=_env("max_clients"),
         help="Most connections at once, those still at the prompt included.",
     ),
     max_per_ip: int = typer.Option(
-        100, envvar=_env("max_per_ip"),
+        D.max_per_ip, envvar=_env("max_per_ip"),
         help="Most connections at once from one address (an IPv6 /64 counts as one); "
         "more get 'error: too many connections from your address' (0 = off).",
     ),
     connect_rate: float = typer.Option(
-        20.0, envvar=_env("connect_rate"),
+        D.connect_rate, envvar=_env("connect_rate"),
         help="New connections per second from one address, burst twice that; more get "
         "'error: connecting too fast' (0 = off).",
     ),
@@ -68,49 +72,49 @@ def serve(
         "--connect-rate ('' = none).",
     ),
     max_unauth: int = typer.Option(
-        1000, envvar=_env("max_unauth"),
+        D.max_unauth, envvar=_env("max_unauth"),
         help="Most connections not yet logged in; more get 'error: server busy, try again "
         "later' (0 = off).",
     ),
     max_line: int = typer.Option(
-        4096, envvar=_env("max_line"), help="Longest client line in bytes, LF included."
+        D.max_line, envvar=_env("max_line"), help="Longest client line in bytes, LF included."
     ),
     sendq: int = typer.Option(
-        1 << 20, envvar=_env("sendq"),
+        D.sendq, envvar=_env("sendq"),
         help="Bytes a session may have queued before it is cut off (reason sendq).",
     ),
     login_timeout: float = typer.Option(
-        30.0, envvar=_env("login_timeout"), help="Seconds to send a valid username."
+        D.login_timeout, envvar=_env("login_timeout"), help="Seconds to send a valid username."
     ),
     rate_limit: float = typer.Option(
-        100.0, envvar=_env("rate_limit"),
+        D.rate_limit, envvar=_env("rate_limit"),
         help="Lines per second per session, burst twice that; excess is delayed (0 = off).",
     ),
     history: int = typer.Option(
-        1000, envvar=_env("history"), help="Public messages kept per group (0 = off)."
+        D.history, envvar=_env("history"), help="Public messages kept per group (0 = off)."
     ),
     history_memory: float = typer.Option(
-        256.0, envvar=_env("history_memory"),
+        D.history_memory, envvar=_env("history_memory"),
         help="MiB of history all groups may keep in memory together (fractions allowed); "
         "the oldest leave memory first and `history` reads them back from the store.",
     ),
     notice_limit: int = typer.Option(
-        1000, envvar=_env("notice_limit"),
+        D.notice_limit, envvar=_env("notice_limit"),
         help="No join/leave notices in groups with more members than this (0 = always).",
     ),
     max_groups: int = typer.Option(
-        10000, envvar=_env("max_groups"),
+        D.max_groups, envvar=_env("max_groups"),
         help="Most groups (General and every node's included); a create beyond it gets "
         "'error: too many groups (max N)'.",
     ),
     create_rate: float = typer.Option(
-        10.0, envvar=_env("create_rate"),
+        D.create_rate, envvar=_env("create_rate"),
         help="Groups created per minute per client address (an IPv6 /64 counts as one), "
         "burst twice that; more get 'error: creating groups too fast, try again later' "
         "(0 = off).",
     ),
     http_timeout: float = typer.Option(
-        10.0, envvar=_env("http_timeout"),
+        D.http_timeout, envvar=_env("http_timeout"),
         help="Seconds an HTTP client has to send a whole request (headers and body), and "
         "that an idle keep-alive connection is kept; then it is closed.",
     ),
@@ -126,16 +130,16 @@ def serve(
         help="This node's name in the cluster (default: HOSTNAME-PID).",
     ),
     node_ttl: float = typer.Option(
-        10.0, envvar=_env("node_ttl"),
+        D.node_ttl, envvar=_env("node_ttl"),
         help="Seconds after which the cluster drops a node that stopped heartbeating.",
     ),
     workers: int = typer.Option(
-        1, envvar=_env("workers"),
+        D.workers, envvar=_env("workers"),
         help="Worker processes sharing the port (SO_REUSEPORT), each a cluster node; "
         "needs --redis. Worker i serves HTTP on --http-port + i.",
     ),
     reuse_port: bool = typer.Option(
-        False, "--reuse-port", hidden=True, help="Share the port (set for --workers workers)."
+        D.reuse_port, "--reuse-port", hidden=True, help="Share the port (set for --workers workers)."
     ),
     tls_cert: Path | None = typer.Option(  # noqa: UP007
         None, envvar=_env("tls_cert"), help="PEM certificate: serve the protocol over TLS."
@@ -144,19 +148,19 @@ def serve(
         None, envvar=_env("tls_key"), help="PEM private key for --tls-cert."
     ),
     shutdown_grace: float = typer.Option(
-        5.0, envvar=_env("shutdown_grace"),
+        D.shutdown_grace, envvar=_env("shutdown_grace"),
         help="Seconds to flush queued lines at shutdown, exit, kick or login timeout.",
     ),
     keepalive: float = typer.Option(
-        120.0, envvar=_env("keepalive"),
+        D.keepalive, envvar=_env("keepalive"),
         help="Seconds within which a peer that vanished without closing (network loss, "
         "a sleeping laptop) is detected and disconnected, reason timeout: TCP keepalive "
         "and TCP_USER_TIMEOUT (0 = off).",
     ),
     log_level: str = typer.Option(
-        "info", envvar=_env("log_level"), help="debug, info, warning or error."
+        D.log_level, envvar=_env("log_level"), help="debug, info, warning or error."
     ),
-    log_format: str = typer.Option("text", envvar=_env("log_format"), help="text or json."),
+    log_format: str = typer.Option(D.log_format, envvar=_env("log_format"), help="text or json."),
 ) -> None:
     """Run the chat server until SIGTERM or SIGINT."""
     options = dict(locals())
