@@ -38,11 +38,11 @@ from .hub import (
 )
 from .limits import PER_IP, RATE, AddressLimits, address_key
 from .net.acceptor import Acceptor, listening_socket
+from .net.session import Session
 from .net.sockio import SockIO
-from .session import Session
+from .net.tls import TlsChannel
 from .store import MemoryStore, Store, open_store
 from .store.writer import StoreWriter
-from .tls import TlsChannel
 
 log = logging.getLogger("chatsrv.server")
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..hub import Group
+    from ..net.session import Session
     from ..server import ChatServer
-    from ..session import Session
 
 
 class Local:

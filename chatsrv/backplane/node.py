@@ -40,8 +40,8 @@ from . import conn, keys
 
 if TYPE_CHECKING:
     from ..hub import Group, User
+    from ..net.session import Session
     from ..server import ChatServer
-    from ..session import Session
 
 log = logging.getLogger("chatsrv.backplane")
 

@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import Timeout
 
-from . import protocol as P
-from .core import framing
-from .core.framing import LEGACY_SILENCE_S, FramingError
-from .hub import LoginRefused, User
-from .ratelimit import RateLimiter
+from .. import protocol as P
+from ..core import framing
+from ..core.framing import LEGACY_SILENCE_S, FramingError
+from ..hub import LoginRefused, User
+from ..ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .net.sockio import SockIO
-    from .server import ChatServer
+    from ..server import ChatServer
+    from .sockio import SockIO
 
 log = logging.getLogger("chatsrv.session")
 
