@@ -70,7 +70,7 @@ class Heartbeat:
             bp.own_gone += 1
         freed = bp.redis.eval(keys.REAP, 4, keys.heartbeat(dead), keys.NODES,
                               keys.node_users(dead), keys.USERS, dead, keys.CTL,
-                              keys.dumps({"t": "gone", "n": dead}))
+                              keys.dumps({"type": "gone", "node": dead}))
         if freed >= 0 and dead != bp.node:
             bp.stats.reaped += 1
             log.warning("node %s stopped heartbeating: reaped, %d names freed", dead, freed)

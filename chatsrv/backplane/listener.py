@@ -3,7 +3,7 @@
 One pub/sub connection for the control channel, this node's channel and the
 channels of groups that have local members. Public and private messages are
 applied as they come (a group channel's lines are one buffer per member);
-control messages are JSON dispatched by their type (`t`) through two tables: what
+control messages are JSON dispatched by their `type` through two tables: what
 another node did (`_others`) and this node's own events coming back
 (`_own`: a login's echo settles its claim, a join's confirms it). When Redis
 goes away it marks the hub unavailable, retries with backoff, subscribes again
@@ -141,23 +141,23 @@ class Listener:
         bp.server.schedule_flush()
 
     def _on_direct(self, message: dict) -> None:
-        if message.get("t") == "kick":
-            self.bp.server.kick(message["u"], local_only=True)
+        if message.get("type") == "kick":
+            self.bp.server.kick(message["name"], local_only=True)
 
     def _on_control(self, message: dict) -> None:
-        node = message.get("n")
+        node = message.get("node")
         table = self._own if node == self.bp.node else self._others
-        handler = table.get(message.get("t", ""))
+        handler = table.get(message.get("type", ""))
         if handler is not None:
             handler(node, message)
 
     # ------------------------------------------------------------ this node's own events
 
     def _own_join(self, node: str, m: dict) -> None:
-        self.hub.join_confirmed(m["k"], m["g"])
+        self.hub.join_confirmed(m["user"], m["group"])
 
     def _own_login(self, node: str, m: dict) -> None:
-        claim = self.bp.claims.get(m.get("c"))
+        claim = self.bp.claims.get(m.get("token"))
         if claim is not None:
             claim.echoed = True
             claim.settle()
@@ -174,25 +174,25 @@ class Listener:
     # ------------------------------------------------------------ other nodes' events
 
     def _join(self, node: str, m: dict) -> None:
-        self.hub.remote_join(m["k"], m["g"], node)
+        self.hub.remote_join(m["user"], m["group"], node)
 
     def _leave(self, node: str, m: dict) -> None:
-        self.hub.remote_leave(m["k"], m["g"], node)
+        self.hub.remote_leave(m["user"], m["group"], node)
 
     def _login(self, node: str, m: dict) -> None:
         hub = self.hub
-        hub.remote_login(node, m["u"], m["s"], m.get("p", ""))
-        if m.get("g"):
-            hub.remote_join(P.name_key(m["u"]), m["g"], node)
+        hub.remote_login(node, m["name"], m["since"], m.get("peer", ""))
+        if m.get("group"):
+            hub.remote_join(P.name_key(m["name"]), m["group"], node)
 
     def _logout(self, node: str, m: dict) -> None:
-        self.hub.remote_logout(m["k"], node)
+        self.hub.remote_logout(m["user"], node)
 
     def _group(self, node: str, m: dict) -> None:
         self.hub.remote_group(m["name"], m.get("by", ""), m.get("at", 0.0))
 
     def _group_deleted(self, node: str, m: dict) -> None:
-        self.hub.remote_group_deleted(m["g"])
+        self.hub.remote_group_deleted(m["group"])
 
     def _state(self, node: str, m: dict) -> None:
         self.hub.node_state(node, m["users"])
@@ -207,6 +207,6 @@ class Listener:
             log.info("node %s left the cluster: %d users gone", node, len(names))
 
     def _announce(self, node: str, m: dict) -> None:
-        group = m.get("g")
+        group = m.get("group")
         if group is None or P.name_key(P.normalize(group)) in self.hub.groups:
             self.hub.announce(m["text"], group)

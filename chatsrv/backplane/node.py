@@ -248,15 +248,15 @@ class RedisBackplane:
         user = self.hub.remote_users.get(P.name_key(P.normalize(name)))
         if user is None:
             return None
-        self._control(keys.node_channel(user.node), {"t": "kick", "u": user.name})
+        self._control(keys.node_channel(user.node), {"type": "kick", "name": user.name})
         deadline = time.monotonic() + KICK_WAIT_S
         while self.hub.remote_users.get(user.key) is user and time.monotonic() < deadline:
             gevent.sleep(0.02)  # the name is free once its node's logout arrived
         return user.name, user.node
 
     def announce(self, text: str, group: Group | None) -> int:
-        self._control(keys.CTL, {"t": "announce", "n": self.node, "text": text,
-                                 "g": group.name if group is not None else None})
+        self._control(keys.CTL, {"type": "announce", "node": self.node, "text": text,
+                                 "group": group.name if group is not None else None})
         return len(group.remote) if group is not None else len(self.hub.remote_users)
 
     def _control(self, channel: str, message: dict) -> None:

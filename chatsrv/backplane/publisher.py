@@ -171,9 +171,9 @@ class Publisher:
 
     def _membership(self, batch: Batch, event: E.Join | E.Leave) -> None:
         kind = "join" if type(event) is E.Join else "leave"
-        batch.pipe.publish(keys.CTL, keys.dumps({"t": kind, "n": self.bp.node,
-                                                 "k": event.user.key,
-                                                 "g": event.group.key}))
+        batch.pipe.publish(keys.CTL, keys.dumps({"type": kind, "node": self.bp.node,
+                                                 "user": event.user.key,
+                                                 "group": event.group.key}))
         batch.touched.append(event.group)
 
     def _logout(self, batch: Batch, event: E.Logout) -> None:
@@ -204,7 +204,7 @@ class Publisher:
         gkey = event.group.key
         batch.trim.discard(gkey)
         batch.pipe.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(gkey), gkey, keys.CTL,
-                        keys.dumps({"t": "delgroup", "n": self.bp.node, "g": gkey}))
+                        keys.dumps({"type": "delgroup", "node": self.bp.node, "group": gkey}))
         batch.reads.append((len(batch.pipe) - 1, event.result))
 
     def _followed(self, batch: Batch, event: E.Follow) -> None:
@@ -239,9 +239,9 @@ class Publisher:
         announce = token is not None
         node = self.bp.node
         record = keys.dumps({"node": node, "name": name, "since": since, "peer": peer})
-        message = keys.dumps({"t": "login", "n": node, "u": name, "s": since,
-                              "p": peer, "g": P.name_key(GENERAL),
-                              "c": token}) if announce else ""
+        message = keys.dumps({"type": "login", "node": node, "name": name, "since": since,
+                              "peer": peer, "group": P.name_key(GENERAL),
+                              "token": token}) if announce else ""
         # A new login needs a free name; a re-registration keeps this node's own.
         pipe.eval(keys.CLAIM, 2, keys.USERS, keys.node_users(node), key, record,
                   node, keys.CTL, message, "0" if announce else "1")
@@ -249,7 +249,7 @@ class Publisher:
     def _queue_release(self, pipe, key: str) -> None:
         node = self.bp.node
         pipe.eval(keys.RELEASE, 2, keys.USERS, keys.node_users(node), key, node,
-                  keys.CTL, keys.dumps({"t": "logout", "n": node, "k": key}))
+                  keys.CTL, keys.dumps({"type": "logout", "node": node, "user": key}))
 
     def _claimed(self, claim: NameClaim, result) -> None:
         if isinstance(result, Exception):
@@ -318,7 +318,7 @@ class Publisher:
     def state_message(self) -> str:
         users = [[u.name, u.since, u.conn.peer if u.conn is not None else "",
                   list(u.groups)] for u in self.hub.users.values()]
-        return keys.dumps({"t": "state", "n": self.bp.node, "users": users})
+        return keys.dumps({"type": "state", "node": self.bp.node, "users": users})
 
     # ------------------------------------------------------------ (re-)registration
 
@@ -363,9 +363,9 @@ class Publisher:
                 {"name": group.name, "by": group.created_by, "at": group.created_at}))
         if bp.first_sync:  # other nodes drop the users of this id's earlier run
             bp.own_gone += 1
-            pipe.publish(keys.CTL, keys.dumps({"t": "gone", "n": node}))
+            pipe.publish(keys.CTL, keys.dumps({"type": "gone", "node": node}))
         pipe.publish(keys.CTL, self.state_message())
-        pipe.publish(keys.CTL, keys.dumps({"t": "hello", "n": node}))
+        pipe.publish(keys.CTL, keys.dumps({"type": "hello", "node": node}))
         pipe.smembers(keys.NODES)
         results = pipe.execute()
         bp.first_sync = False
