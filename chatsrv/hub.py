@@ -48,6 +48,8 @@ from itertools import islice
 from operator import attrgetter, itemgetter
 
 from . import protocol as P
+from .core import events as E
+from .core.events import new_public
 from .createrate import CreateRate
 from .histogram import Histogram
 from .protocol import ProtocolError
@@ -265,7 +267,7 @@ class Hub:
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
         # Cluster mode (see `join_cluster`); without it these stay empty and None.
         self.node = ""
-        self.outbox: list[tuple] | None = None  # what other nodes must hear, drained per turn
+        self.outbox: list[E.Event] | None = None  # what other nodes must hear, drained per turn
         self.remote_users: dict[str, RemoteUser] = {}
         self.unavailable = False  # Redis unreachable: commands needing it answer an error
         # Replies that wait for Redis: ("history", user, group, count) reads, and
@@ -391,7 +393,7 @@ class Hub:
         if self.unconfirmed:
             self.unconfirmed = {p for p in self.unconfirmed if p[1] != gkey}
         if self.outbox is not None:  # the backplane leaves the group's channel
-            self.outbox.append(("unfollow", group))
+            self.outbox.append(E.Unfollow(group))
 
     def put_back_group(self, group: Group) -> None:
         """Deleting `group` failed in the store: it exists again (without the members
@@ -554,7 +556,7 @@ class Hub:
         user.groups[group.key] = group
         self.notice(group, P.joined_notice(user.name, group.name), user)
         if self.outbox is not None and publish:
-            self.outbox.append(("join", user, group))
+            self.outbox.append(E.Join(user, group))
             self.unconfirmed.add((user.key, group.key))
 
     def leave_group(self, user: User, group: Group) -> None:
@@ -563,7 +565,7 @@ class Hub:
         group.remove(user)
         del user.groups[group.key]
         if self.outbox is not None:
-            self.outbox.append(("leave", user, group))
+            self.outbox.append(E.Leave(user, group))
             self.unconfirmed.discard((user.key, group.key))
 
     # ------------------------------------------------------------ sessions
@@ -573,7 +575,7 @@ class Hub:
         """Register a user, put it in General; raises LoginRefused.
 
         `announced`: cluster mode, the claim already told every node (login and
-        joining General in one event, see backplane/node.py). `addr`: the
+        joining General in one event, see backplane/publisher.py). `addr`: the
         client's address key, which `--create-rate` counts."""
         started = self.timer() if self.timer is not None else 0.0
         nfc = self.check_name(name)
@@ -611,12 +613,12 @@ class Hub:
             else:
                 group.remove(user)
                 if self.outbox is not None:  # other nodes still tell their members
-                    self.outbox.append(("leave", user, group))
+                    self.outbox.append(E.Leave(user, group))
         user.groups.clear()
         del self.users[user.key]
         self.dirty.discard(user)
         if self.outbox is not None:
-            self.outbox.append(("logout", user))
+            self.outbox.append(E.Logout(user))
 
     # ------------------------------------------------------------ commands
 
@@ -720,7 +722,7 @@ class Hub:
         stats.deliveries_public += self.fanout(group, data, user)
         outbox = self.outbox
         if outbox is not None:
-            outbox.append(("public", group, data, user.name, text))
+            outbox.append(new_public((group, data, user.name, text)))
         if self.history_size:
             ring = group.history
             if len(ring) == self.history_size:  # the ring drops its oldest at the append
@@ -754,7 +756,7 @@ class Hub:
             if P.has_control(args[1]):
                 raise ProtocolError("error: control characters are not allowed")
             self._need_cluster()
-            self.outbox.append(("private", remote, P.encode(P.private_prefix(user.name) + args[1])))
+            self.outbox.append(E.Private(remote, P.encode(P.private_prefix(user.name) + args[1])))
             self.stats.messages_private += 1  # the deliveries count on the receiving node
             return
         if P.has_control(args[1]):

@@ -1,15 +1,17 @@
 """The backplane: how one chatsrv process shares its chat with others.
 
 The hub never talks to it directly. In cluster mode the hub records what the
-other nodes must hear in `Hub.outbox` (a list, like `Hub.dirty`), and the
-backplane drains it once per loop turn; what other nodes publish comes back
+other nodes must hear in `Hub.outbox` (a list of typed events from
+chatsrv/core/events.py, like `Hub.dirty`), and the backplane drains it once
+per loop turn; what other nodes publish comes back
 through the hub's `remote_*` methods, into the same per-user queues as local
 lines. Without `--redis` the outbox is None and the backplane is `Local`,
 which does nothing: the single-node hot path pays one `is not None` test.
 
 - `Local` (default): one process is the whole server.
 - `RedisBackplane` (`node.py`, `--redis`): a node of a cluster on Redis pub/sub,
-  with groups and history in Redis (`store.py`) and `--workers` (`workers.py`).
+  its jobs in `publisher.py`, `listener.py` and `heartbeat.py`, with groups and
+  history in Redis (`store.py`) and `--workers` (`workers.py`).
 
 docs/scaling.md describes the design, its guarantees and what an outage loses.
 """

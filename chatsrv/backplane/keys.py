@@ -19,6 +19,21 @@ Channels:
     chatsrv:n:<id>             one node: private messages `p<user key>\\0<line>` and
                                control (JSON: kick)
 
+Control messages are JSON objects with readable keys; `type` says which, `node`
+is the sender's id (group keys and user keys are `protocol.name_key`s):
+
+    login     node, name, since, peer, group (General's key), token (the claim's)
+    logout    node, user
+    join      node, user, group          leave     node, user, group
+    group     name, by, at               delgroup  node, group
+    state     node, users ([name, since, peer, [group keys]] each)
+    hello     node                       gone      node
+    announce  node, text, group (a group name, or null: everyone)
+    kick      name (on the target node's channel)
+
+Nodes of different versions must not share a Redis (docs/scaling.md: upgrade
+by restarting every node). No secret is ever written to Redis.
+
 Everything a node publishes goes through one connection in order, and every
 node reads all its subscriptions on one connection, so Redis's single order of
 execution is the order every node sees: a sender's join notice, its public

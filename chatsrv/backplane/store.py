@@ -70,7 +70,7 @@ class RedisStore(Store):
             raise GroupTaken(existing)
 
     def _create(self, record: GroupRecord) -> GroupRecord | None:
-        message = keys.dumps({"t": "group", "name": record.name, "by": record.created_by,
+        message = keys.dumps({"type": "group", "name": record.name, "by": record.created_by,
                               "at": record.created_at})
         try:
             raw = self.redis.eval(keys.CREATE_GROUP, 1, keys.GROUPS, name_key(record.name),
@@ -86,7 +86,7 @@ class RedisStore(Store):
         key = name_key(name)
         try:
             self.redis.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(key), key,
-                            keys.CTL, keys.dumps({"t": "delgroup", "n": "", "g": key}))
+                            keys.CTL, keys.dumps({"type": "delgroup", "node": "", "group": key}))
         except conn.ERRORS as err:
             raise ClusterUnavailable(str(err)) from None
         return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hubkit import FakeClock as Clock
 from hubkit import lines
 
+from chatsrv.core import events
 from chatsrv.createrate import CreateRate
 from chatsrv.hub import Hub, User
 from chatsrv.limits import address_key
@@ -250,4 +251,4 @@ def test_remove_group_forgets_unsaved_history_and_remote_members():
     hub.remote_join("bob", "ops", "n1")
     hub.remote_group_deleted("ops")
     assert hub.remote_users["bob"].groups == set() and not remote_group.remote
-    assert ("unfollow", remote_group) in hub.outbox
+    assert events.Unfollow(remote_group) in hub.outbox

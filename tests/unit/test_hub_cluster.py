@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from chatsrv.core import events
 from chatsrv.hub import Hub, LoginRefused, User
 
 
@@ -18,8 +19,9 @@ def kinds(hub: Hub) -> list[tuple]:
     """The outbox as (kind, names...) tuples, then forget it (like the publisher)."""
     out = []
     for item in hub.outbox:
-        names = tuple(getattr(x, "name", x) for x in item[1:] if not isinstance(x, bytes))
-        out.append((item[0], *names))
+        fields = item if isinstance(item, tuple) else [getattr(item, f) for f in item.__slots__]
+        names = tuple(getattr(x, "name", x) for x in fields if not isinstance(x, bytes))
+        out.append((type(item).__name__.lower(), *names))
     hub.outbox.clear()
     return out
 
@@ -67,8 +69,8 @@ def test_remote_users_are_listed_and_reachable(hub, alice):
     assert lines(alice) == ["users: alice Bob"]
     hub.handle(alice, "private bob hello")
     [item] = hub.outbox
-    assert item[0] == "private" and item[1].node == "n1"
-    assert item[2] == b"[private from alice] hello\n"
+    assert isinstance(item, events.Private) and item.remote.node == "n1"
+    assert item.data == b"[private from alice] hello\n"
     assert hub.stats.messages_private == 1 and hub.stats.deliveries_private == 0
 
 
