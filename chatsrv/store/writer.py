@@ -175,14 +175,15 @@ class StoreWriter:
         batch = self.hub.take_unsaved()
         if not batch:
             return
-        pool = self.pool
-        assert pool is not None  # a journal (unsaved history) only with a durable store
         records = [(group.name, entries) for group, entries in batch]
         ends = [(group.key, group.seq) for group, _ in batch]
         started = time.monotonic()
         self._in_flight = batch
         try:
-            pool.apply(self._job, (self._append, records, ends))
+            # Inside the try, as the failure it stands for was: a journal (unsaved
+            # history) exists only with a durable store, which has the pool.
+            assert self.pool is not None
+            self.pool.apply(self._job, (self._append, records, ends))
         except Exception as err:  # disk full, I/O error: keep the entries, try again
             self.hub.unsaved_again(batch)
             self._failed(err, sum(len(e) for _, e in records), started)
@@ -273,8 +274,8 @@ class StoreWriter:
 
     def _answer_history(self, user: User, group: Group, count: int) -> None:
         """Cluster mode: `history` reads the group's list in Redis (`read_history`)."""
-        assert self.read_history is not None  # set by the server in cluster mode
         try:
+            assert self.read_history is not None  # set by the server in cluster mode
             entries = self.read_history(group, count)
         except Exception as err:
             log.warning("history of %s not read: %s", group.name, err)
@@ -292,8 +293,8 @@ class StoreWriter:
         """`history` beyond memory: the `count` entries before number `before` from
         the store (the writer thread, after every batch handed over before this
         command), then `kept`, the ring as it was when the command ran."""
-        assert self.pool is not None  # only a durable store has older entries
         try:
+            assert self.pool is not None  # only a durable store has older entries
             older = self.pool.spawn(self._job, self._read_older, group.name, group.key,
                                     before, count).get(timeout=READ_TIMEOUT_S)
         except (Exception, gevent.Timeout) as err:
