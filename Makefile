@@ -31,8 +31,12 @@ TEST_JOBS ?= 3
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_JOBS) $(ARGS)
 
+# ruff, then mypy (settings in pyproject.toml: strict on chatsrv/core), then the
+# import-linter contracts ([tool.importlinter] in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chatsrv admin tests bench loadtest
+	$(VENV)/bin/mypy chatsrv admin
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)

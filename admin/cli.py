@@ -404,7 +404,7 @@ def _duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -436,10 +436,11 @@ def _failure(err: Exception) -> int:
         return USAGE
     if kind == "Abort":  # Ctrl-C
         return 130
-    if hasattr(err, "format_message") and isinstance(getattr(err, "exit_code", None), int):
+    exit_code = getattr(err, "exit_code", None)
+    if hasattr(err, "format_message") and isinstance(exit_code, int):
         ctx = getattr(err, "ctx", None)
         where = ctx.command_path if ctx is not None else "chatsrv-admin"
         typer.echo(f"error: {err.format_message()} (see: {where} --help)", err=True)
-        return err.exit_code
+        return exit_code
     typer.echo(f"error: unexpected {kind}: {err}", err=True)  # a bug, still no traceback
     return NOT_OK

@@ -6,7 +6,6 @@ all of them land in one frozen `Config`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -207,4 +206,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

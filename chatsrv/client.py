@@ -414,7 +414,7 @@ async def _interactive(conn: Connection) -> int:
     from prompt_toolkit import PromptSession  # only interactive runs pay for the import
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    session = PromptSession()
+    session: PromptSession[str] = PromptSession()
     with patch_stdout():
         pump = asyncio.create_task(conn.pump(_print_line))
         while True:

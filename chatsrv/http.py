@@ -38,7 +38,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import gevent
 from gevent import Timeout
@@ -339,6 +339,10 @@ def _body(environ: dict) -> dict:
     return body
 
 
+@overload
+def _field(body: dict, name: str, *, required: Literal[True]) -> str: ...
+@overload
+def _field(body: dict, name: str, *, required: Literal[False]) -> str | None: ...
 def _field(body: dict, name: str, *, required: bool) -> str | None:
     value = body.get(name)
     if value is None and not required:
@@ -365,6 +369,8 @@ class _DeadlineHandler(WSGIHandler):
     runs, so the deadline never covers our own work (a create waiting for the
     store) and never cuts a response. While it waits, the handler is listed in
     `server.waiting` (oldest first), which `_DeadlineServer` caps."""
+
+    wsgi_input: Any  # WSGIHandler's (gevent has no types); replaced by `_read_body`
 
     def handle_one_request(self):
         server = self.server

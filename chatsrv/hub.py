@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from operator import attrgetter, itemgetter
+from typing import Any, Protocol
 
 from . import protocol as P
 from .core import events as E
@@ -57,12 +58,28 @@ from .protocol import ProtocolError
 GENERAL = "General"
 
 
+class Conn(Protocol):
+    """What the layers outside the transport use of a user's connection (the
+    transport's Session): the per-turn flush writes to it, the backplane reads its
+    peer address. None for users without one (tests, internal users)."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+
+
+# A reply waiting for the store or Redis (`Hub.queries`); the last field depends on
+# the kind: ("history", user, group, count), ("join", user, group, None),
+# ("stored", user, group, (before, count, kept entries)).
+Query = tuple[str, "User", "Group", Any]
+
+
 class User:
     """A logged-in session as the hub sees it. `conn` belongs to the transport."""
 
     __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since", "addr")
 
-    def __init__(self, name: str, conn: object = None, since: float = 0.0,
+    def __init__(self, name: str, conn: Conn | None = None, since: float = 0.0,
                  addr: str | None = None) -> None:
         self.name = name
         self.key = P.name_key(name)
@@ -71,7 +88,7 @@ class User:
         # One bound method for the user's life: groups cache it, and fan-out
         # skips the sender by identity.
         self.push = self.queue.append
-        self.conn = conn
+        self.conn: Conn | None = conn
         self.since = since
         # The client's address as `--create-rate` counts it (limits.address_key);
         # None (tests, internal users) is not rate-limited.
@@ -272,7 +289,7 @@ class Hub:
         self.unavailable = False  # Redis unreachable: commands needing it answer an error
         # Replies that wait for Redis: ("history", user, group, count) reads, and
         # ("join", user, group, None) when this node must first follow the group.
-        self.queries: list[tuple[str, User, Group, int | None]] = []
+        self.queries: list[Query] = []
         # Local joins whose event has not come back from Redis yet: a remote join or
         # leave ordered before it in Redis is not this member's news (see remote_notice).
         self.unconfirmed: set[tuple[str, str]] = set()
@@ -488,7 +505,7 @@ class Hub:
     def _compact_order(self) -> None:
         """Drop the records of entries the rings dropped; amortised O(1) per message
         (run once they outnumber the live records of the last compaction)."""
-        fresh = deque()
+        fresh: deque[Group] = deque()
         for group in self.history_order:
             if group.skip:
                 group.skip -= 1
@@ -524,12 +541,14 @@ class Hub:
 
     def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None:
         """A write failed: mark its entries unsaved so the next flush retries them."""
+        journal = self.journal
+        assert journal is not None  # the batch came from the journal (take_unsaved)
         for group, entries in batch:
             if self.groups.get(group.key) is not group:  # deleted meanwhile
                 continue
             group.pending = 0
             if not group.unsaved:
-                self.journal.append(group)
+                journal.append(group)
             group.unsaved += len(entries)
 
     def unsaved_count(self) -> int:
@@ -570,7 +589,7 @@ class Hub:
 
     # ------------------------------------------------------------ sessions
 
-    def login(self, name: str, conn: object = None, announced: bool = False,
+    def login(self, name: str, conn: Conn | None = None, announced: bool = False,
               addr: str | None = None) -> User:
         """Register a user, put it in General; raises LoginRefused.
 
@@ -756,7 +775,9 @@ class Hub:
             if P.has_control(args[1]):
                 raise ProtocolError("error: control characters are not allowed")
             self._need_cluster()
-            self.outbox.append(E.Private(remote, P.encode(P.private_prefix(user.name) + args[1])))
+            outbox = self.outbox
+            assert outbox is not None  # remote users exist in cluster mode only
+            outbox.append(E.Private(remote, P.encode(P.private_prefix(user.name) + args[1])))
             self.stats.messages_private += 1  # the deliveries count on the receiving node
             return
         if P.has_control(args[1]):

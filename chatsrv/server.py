@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections import Counter
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -158,7 +159,7 @@ class ChatServer:
         self.limits = AddressLimits(max_per_ip=config.max_per_ip, rate=config.connect_rate,
                                     exempt=config.exempt_networks, clock=time.monotonic)
         self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
-        self._sweeper = None
+        self._sweeper: Any | None = None  # a gevent timer (gevent has no types)
         self.disconnects: Counter[str] = Counter()
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
@@ -208,13 +209,14 @@ class ChatServer:
             self.http.start()
         listener.start()
         self._listener = listener
-        self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
-        self._sweeper.start(self._sweep)
+        sweeper = self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
+        sweeper.start(self._sweep)
         log.info("listening on %s:%d%s", self.config.host, listener.server_port,
                  " (TLS)" if self._tls else "")
 
     @property
     def port(self) -> int:
+        assert self._listener is not None, "not started"
         return self._listener.server_port
 
     def install_signal_handlers(self) -> None:
@@ -359,6 +361,7 @@ class ChatServer:
         return session
 
     def _tls_handshake(self, io: SockIO, peer: str) -> TlsChannel | None:
+        assert self._tls is not None  # called only with --tls-cert (a context)
         try:
             tls = TlsChannel(self._tls, io)
             with gevent.Timeout(self.config.login_timeout):
@@ -385,6 +388,7 @@ class ChatServer:
 
     def session_logged_in(self, session: Session) -> None:
         self.unauth -= 1
+        assert session.user is not None  # the session has just logged in
         log.info("login id=%d user=%s", session.id, session.user.name)
 
     def session_closed(self, session: Session, reason: str) -> None:
@@ -418,13 +422,20 @@ class ChatServer:
             if queue:
                 data = b"".join(queue)
                 queue.clear()
-                user.conn.write(data)
+                # Every dirty user has a conn (a session logs out before detaching);
+                # the hot path gets no runtime check, only this narrowing comment.
+                user.conn.write(data)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ administration
 
     def find_session(self, name: str) -> Session | None:
         user = self.hub.users.get(P.name_key(P.normalize(name)))
-        return user.conn if user is not None else None
+        if user is None:
+            return None
+        conn = user.conn
+        # The server logs users in with their Session only (`login`).
+        assert conn is None or isinstance(conn, Session)
+        return conn
 
     def create_group(self, name: str) -> Group:
         """An administrator's `create`: like a user's, durable before it returns.
@@ -492,6 +503,7 @@ class ChatServer:
             remote = self.backplane.kick(name)
             return remote[0] if remote is not None else None
         user = session.user
+        assert user is not None  # found through the hub's users: logged in
         session.emit(P.KICKED)
         self.flush()
         self.hub.logout(user)
@@ -508,7 +520,7 @@ def serve(config: Config) -> int:
     if config.redis:
         from .backplane.store import RedisStore
 
-        store = RedisStore(config.redis)
+        store: Store = RedisStore(config.redis)
     else:
         store = open_store(config)
     server = None

@@ -51,7 +51,7 @@ class Heartbeat:
         _, added, nodes = pipe.execute()
         if added:
             log.warning("this node was missing from the cluster; registering again")
-            bp.hub.outbox.append(E.Sync(None))
+            bp.post(E.Sync(None))
             bp.wake()
         others = [n.decode() for n in nodes if n.decode() != bp.node]
         if not others:

@@ -92,13 +92,14 @@ class Listener:
         bp.pubsub = pubsub
         bp.subscribed = set(wanted)
         done = AsyncResult()
-        self.hub.outbox.append(E.Sync(done))  # in order with the publisher's stream
+        bp.post(E.Sync(done))  # in order with the publisher's stream
         bp.wake()
         done.get(timeout=SYNC_TIMEOUT_S)
 
     def _consume(self) -> None:
         bp = self.bp
         pubsub = bp.pubsub
+        assert pubsub is not None  # set by _connect, just before
         while not bp.stopping and not bp.reconnect:
             message = pubsub.get_message(timeout=1.0)
             if message is None:
@@ -145,7 +146,9 @@ class Listener:
             self.bp.server.kick(message["name"], local_only=True)
 
     def _on_control(self, message: dict) -> None:
-        node = message.get("node")
+        # Every node's control messages name it; a store's `group` message does not,
+        # and its handler ignores the node ("" never equals this node's id).
+        node = message.get("node", "")
         table = self._own if node == self.bp.node else self._others
         handler = table.get(message.get("type", ""))
         if handler is not None:
@@ -157,7 +160,7 @@ class Listener:
         self.hub.join_confirmed(m["user"], m["group"])
 
     def _own_login(self, node: str, m: dict) -> None:
-        claim = self.bp.claims.get(m.get("token"))
+        claim = self.bp.claims.get(m.get("token", ""))  # tokens are never ""
         if claim is not None:
             claim.echoed = True
             claim.settle()
@@ -168,7 +171,7 @@ class Listener:
             bp.own_gone -= 1
         elif not bp.stopping:
             log.warning("this node was reaped (heartbeats missed); registering again")
-            self.hub.outbox.append(E.Sync(None))
+            bp.post(E.Sync(None))
             bp.wake()
 
     # ------------------------------------------------------------ other nodes' events
@@ -198,7 +201,7 @@ class Listener:
         self.hub.node_state(node, m["users"])
 
     def _hello(self, node: str, m: dict) -> None:
-        self.hub.outbox.append(E.State())
+        self.bp.post(E.State())
         self.bp.wake()
 
     def _gone(self, node: str, m: dict) -> None:

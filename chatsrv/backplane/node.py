@@ -39,6 +39,8 @@ from .listener import SYNC_TIMEOUT_S, Listener
 from .publisher import SUBSCRIBE_WAIT_S, Publisher
 
 if TYPE_CHECKING:
+    from redis.client import PubSub
+
     from ..hub import Group
     from ..net.session import Session
     from ..server import ChatServer
@@ -98,7 +100,7 @@ class RedisBackplane:
         # Shared by the jobs: the listener's pub/sub connection (None while down) and
         # the group channels it follows; the publisher subscribes a group's first
         # local member's channel on it and waits for `sub_waiters`.
-        self.pubsub = None
+        self.pubsub: PubSub | None = None
         self.subscribed: set[str] = set()  # group keys
         self.sub_waiters: dict[bytes, Event] = {}  # channel -> set when subscribed
         self.stats = Stats()
@@ -158,6 +160,12 @@ class RedisBackplane:
     def wake(self) -> None:
         self.woken.set()
 
+    def post(self, event: E.Event) -> None:
+        """Queue an event for the publisher, in order with the hub's own."""
+        outbox = self.hub.outbox
+        assert outbox is not None  # the hub joined the cluster before the backplane started
+        outbox.append(event)
+
     def status(self) -> dict:
         stats = self.stats
         nodes = sorted({u.node for u in self.hub.remote_users.values()} | {self.node})
@@ -180,7 +188,7 @@ class RedisBackplane:
             raise LoginRefused(P.CLUSTER_UNAVAILABLE)
         claim = NameClaim(name, session.peer, time.time(), str(next(self._tokens)))
         self.claims[claim.token] = claim
-        hub.outbox.append(E.Claim(claim))
+        self.post(E.Claim(claim))
         self.wake()
         try:
             won = claim.result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
@@ -202,7 +210,7 @@ class RedisBackplane:
         if self.hub.unavailable:
             raise ClusterUnavailable("cluster unavailable")
         result = AsyncResult()
-        self.hub.outbox.append(E.History(group, count, result))
+        self.post(E.History(group, count, result))
         self.wake()
         raw = result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
         entries = []
@@ -219,7 +227,7 @@ class RedisBackplane:
         if self.hub.unavailable:
             raise ClusterUnavailable("cluster unavailable")
         result = AsyncResult()
-        self.hub.outbox.append(E.Delete(group, result))
+        self.post(E.Delete(group, result))
         self.wake()
         try:
             result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
@@ -235,13 +243,13 @@ class RedisBackplane:
         """Return once this node hears the group's channel (or Redis failed to say so):
         the publisher subscribes before it sends anything queued after a join."""
         done = Event()
-        self.hub.outbox.append(E.Follow(group, done))
+        self.post(E.Follow(group, done))
         self.wake()
         done.wait(SUBSCRIBE_WAIT_S + 1)
 
     def abandon(self, name: str) -> None:
         """The name was claimed but the login did not happen: free it again."""
-        self.hub.outbox.append(E.Release(P.name_key(name)))
+        self.post(E.Release(P.name_key(name)))
         self.wake()
 
     def kick(self, name: str) -> tuple[str, str] | None:
@@ -260,7 +268,7 @@ class RedisBackplane:
         return len(group.remote) if group is not None else len(self.hub.remote_users)
 
     def _control(self, channel: str, message: dict) -> None:
-        self.hub.outbox.append(E.Raw(channel, keys.dumps(message)))
+        self.post(E.Raw(channel, keys.dumps(message)))
         self.wake()
 
     # ------------------------------------------------------------ shared by the jobs

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gevent.event import AsyncResult, Event
 
@@ -48,7 +48,7 @@ class Batch:
         self.pipe = pipe
         self.claims: list[tuple[int, NameClaim]] = []  # pipeline index -> claim
         self.reads: list[tuple[int, AsyncResult]] = []  # pipeline index -> who waits
-        self.touched: list[Group] = []  # groups whose channel this node may leave
+        self.touched: list[E.GroupRef] = []  # groups whose channel this node may leave
         self.trim: set[str] = set()  # history lists to trim to --history
         self.runs: dict[str, tuple[list, list]] = {}  # group key -> (lines, history entries)
 
@@ -303,7 +303,7 @@ class Publisher:
         for channel in wanted:
             bp.sub_waiters.pop(channel, None)
 
-    def unfollow(self, group: Group) -> None:
+    def unfollow(self, group: E.GroupRef) -> None:
         """Leave a group's channel once it has no local members."""
         bp = self.bp
         key = group.key
@@ -377,6 +377,8 @@ class Publisher:
                 if ok != 1]
 
     def _held_keys(self) -> list[str]:
-        held = self.bp.redis.smembers(keys.node_users(self.bp.node))
+        # bytes: the client does not decode responses (conn.py), a setting redis's
+        # types cannot follow.
+        held = cast("set[bytes]", self.bp.redis.smembers(keys.node_users(self.bp.node)))
         mine = set(self.hub.users)
         return [k.decode() for k in held if k.decode() not in mine]

@@ -113,6 +113,6 @@ class RedisStore(Store):
         self.redis.close()
 
 
-def _entry(raw: bytes) -> Entry:
+def _entry(raw: bytes | str) -> Entry:
     at, sender, text = json.loads(raw)
     return float(at), sender, text

@@ -83,13 +83,15 @@ class Worker:
             if now >= self.restart_at:
                 self.start()
             return
-        code = self.proc.poll()
+        proc = self.proc
+        assert proc is not None  # restart_at is None only once started
+        code = proc.poll()
         if code is None:
             return
         if now - self.started >= STABLE_S:
             self.backoff = BACKOFF_MIN_S
         log.error("worker %d (pid %d) exited with %s; restarting in %.1f s",
-                  self.index, self.proc.pid, _describe(code), self.backoff)
+                  self.index, proc.pid, _describe(code), self.backoff)
         self.restart_at = now + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
 

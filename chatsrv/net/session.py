@@ -25,7 +25,7 @@ import logging
 import ssl
 import time
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import Timeout
@@ -117,7 +117,7 @@ class Session:
         self.discarding = False  # inside a too-long line whose error was already sent
         # While reading is paused: the rate limit's timer, or the greenlet
         # waiting for a store commit (see _wait_for_store).
-        self.paused = None
+        self.paused: Any | None = None  # gevent is untyped
         # A legacy client (the seed project's, which sends lines without LF):
         # set once a prompt line was ended by silence; from then on, bytes
         # followed by LEGACY_SILENCE_S of silence are a line (`silence` times it).
@@ -209,7 +209,9 @@ class Session:
             log.exception("session %d: server error", self.id)
             reason = "error"
         if reason is not None or self.ending is not None:
-            self._finish(self.ending or reason)
+            final = self.ending or reason
+            assert final is not None  # reasons are never empty strings
+            self._finish(final)
             return
         self.reader = None
         self.sock.reading.start(self._on_readable)
@@ -275,6 +277,7 @@ class Session:
 
     def _take_queue(self) -> None:
         """Write what the hub queued for us: after logout no flush will (the hub forgot us)."""
+        assert self.user is not None  # called for a session that logged in
         queue = self.user.queue
         if queue:
             data = b"".join(queue)
@@ -404,6 +407,7 @@ class Session:
         `groups` cannot make the server hold more than about --sendq for it)."""
         hub = self.server.hub
         user = self.user
+        assert user is not None  # commands run only after the login phase
         limiter = self.limiter
         max_line = self.server.config.max_line
         sendq = self.server.config.sendq
@@ -441,7 +445,9 @@ class Session:
         timer.start(self._resume, lines)
 
     def _resume(self, lines: list[bytes]) -> None:
-        self.paused.close()
+        timer = self.paused
+        assert timer is not None  # the rate limit's timer, which calls this
+        timer.close()
         self.paused = None
         self._go_on(lines, True)
 

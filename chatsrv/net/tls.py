@@ -56,7 +56,7 @@ class TlsChannel:
         return self._read_all()[0]
 
     def _read_all(self) -> tuple[bytes, bool]:
-        parts = []
+        parts: list[bytes] = []
         while True:
             try:
                 chunk = self.obj.read(65536)

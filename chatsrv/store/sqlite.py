@@ -265,7 +265,8 @@ class SqliteStore(Store):
         gid = self.ids.get(name)
         if gid is None or count <= 0:
             return []
-        needed, seen, newer = [], 0, 0
+        needed: list[int] = []
+        seen = newer = 0
         for chunk_id, n in self.db.execute(
             "SELECT id, count FROM history_chunks WHERE group_id = ? ORDER BY id DESC", (gid,)
         ):
@@ -292,7 +293,9 @@ class SqliteStore(Store):
             )
         finally:
             db.execute("PRAGMA synchronous = NORMAL")
-        self.ids[record.name] = cursor.lastrowid
+        gid = cursor.lastrowid
+        assert gid is not None  # the row the INSERT just added
+        self.ids[record.name] = gid
 
     def delete_group(self, name: str) -> bool:
         """The group row and its history chunks in one transaction, fsynced like a

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
@@ -37,10 +38,13 @@ from gevent.threadpool import ThreadPool
 
 from .. import protocol as P
 from ..hub import ClusterUnavailable, GroupTaken
-from .base import GroupRecord, Store
+from .base import Entry, GroupRecord, Store
 
 if TYPE_CHECKING:
-    from ..hub import Group, Hub, User
+    from ..hub import Group, Hub, Query, User
+
+    # What a command left for the store to settle: creates, blocked commands, reads.
+    Pending = tuple[list[tuple[User | None, Group]], list[tuple[User, Group, str]], list[Query]]
 
 log = logging.getLogger("chatsrv.store")
 
@@ -96,16 +100,17 @@ class StoreWriter:
         self.keep = keep
         self.on_reply = on_reply or (lambda: None)  # schedules the transport's flush
         self.stats = WriterStats()
-        self.pool = ThreadPool(1) if store.durable else None
+        # gevent is untyped: its objects are Any here.
+        self.pool: Any | None = ThreadPool(1) if store.durable else None
         self._wake = Event()
         self._closing = False
-        self._flusher = None
+        self._flusher: Any | None = None
         self._commits: dict[str, Event] = {}  # group key -> set once its commit is decided
         self._failing_since: float | None = None
         # Cluster mode: `history` reads Redis through the backplane, in order with
         # this node's published messages (see backplane/node.py).
-        self.read_history = None
-        self.follow = None
+        self.read_history: Callable[[Group, int], list[Entry]] | None = None
+        self.follow: Callable[[Group], None] | None = None
         self._failure_logged = 0.0
         # Writer thread only: group key -> `Group.seq` just after its last
         # committed entry, so `read_older` knows how many of the newest stored
@@ -115,14 +120,14 @@ class StoreWriter:
         # Set by the thread while it runs an operation (a float is atomic to read).
         self._busy_since: float | None = None
         self._stall_logged: float | None = None
-        self._watch = None
+        self._watch: Any | None = None
 
     def start(self) -> None:
         if self.pool is not None and self.hub.journal is not None:
             self._flusher = gevent.spawn(self._run)
         if self.pool is not None:
-            self._watch = gevent.get_hub().loop.timer(WATCH_EVERY_S, WATCH_EVERY_S)
-            self._watch.start(self._check_stall)
+            watch = self._watch = gevent.get_hub().loop.timer(WATCH_EVERY_S, WATCH_EVERY_S)
+            watch.start(self._check_stall)
 
     def _job(self, fn, *args):
         """Run in the writer thread, timed for `stalled`."""
@@ -175,6 +180,9 @@ class StoreWriter:
         started = time.monotonic()
         self._in_flight = batch
         try:
+            # Inside the try, as the failure it stands for was: a journal (unsaved
+            # history) exists only with a durable store, which has the pool.
+            assert self.pool is not None
             self.pool.apply(self._job, (self._append, records, ends))
         except Exception as err:  # disk full, I/O error: keep the entries, try again
             self.hub.unsaved_again(batch)
@@ -220,7 +228,7 @@ class StoreWriter:
             return
         self.pool.apply(self.store.delete_group, (group.name,))
 
-    def take_pending(self) -> tuple[list, list, list]:
+    def take_pending(self) -> Pending:
         """The creates, blocked commands and (cluster mode) history reads the last
         command left; the caller settles them.
 
@@ -232,7 +240,7 @@ class StoreWriter:
         queries, hub.queries = hub.queries, []
         return created, blocked, queries
 
-    def settle(self, pending: tuple[list, list, list] | None = None) -> None:
+    def settle(self, pending: Pending | None = None) -> None:
         """Commit the groups `create` reserved, then run again the commands that
         named a group awaiting its commit, then answer the history reads.
         The calling greenlet waits; the loop does not."""
@@ -258,6 +266,7 @@ class StoreWriter:
 
     def _answer_join(self, user: User, group: Group) -> None:
         """Cluster mode: `ok: joined group` once this node follows the group's channel."""
+        assert self.follow is not None  # set by the server in cluster mode
         self.follow(group)
         if self.hub.users.get(user.key) is user:
             self.hub.reply(user, f"ok: joined group {group.name}")
@@ -266,6 +275,7 @@ class StoreWriter:
     def _answer_history(self, user: User, group: Group, count: int) -> None:
         """Cluster mode: `history` reads the group's list in Redis (`read_history`)."""
         try:
+            assert self.read_history is not None  # set by the server in cluster mode
             entries = self.read_history(group, count)
         except Exception as err:
             log.warning("history of %s not read: %s", group.name, err)
@@ -284,6 +294,7 @@ class StoreWriter:
         the store (the writer thread, after every batch handed over before this
         command), then `kept`, the ring as it was when the command ran."""
         try:
+            assert self.pool is not None  # only a durable store has older entries
             older = self.pool.spawn(self._job, self._read_older, group.name, group.key,
                                     before, count).get(timeout=READ_TIMEOUT_S)
         except (Exception, gevent.Timeout) as err:
@@ -317,6 +328,7 @@ class StoreWriter:
         self._commits[group.key] = done
         record = GroupRecord(group.name, group.created_by, group.created_at)
         fate = _Fate()
+        assert self.pool is not None  # a create waits for its commit with a durable store only
         job = self.pool.spawn(self._job, self._create, record, fate)
         timer = gevent.get_hub().loop.timer(CREATE_TIMEOUT_S)
 
