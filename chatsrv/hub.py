@@ -55,7 +55,7 @@ from .createrate import CreateRate
 from .histogram import Histogram
 from .protocol import ProtocolError
 
-GENERAL = "General"
+GENERAL = P.GENERAL
 
 
 class Conn(Protocol):
@@ -344,11 +344,11 @@ class Hub:
         name = P.normalize(name)
         problem = P.name_problem(name)
         if problem is not None:
-            raise ProtocolError(f"error: invalid group name: {problem}")
+            raise ProtocolError(P.invalid_group_name(problem))
         key = P.name_key(name)
         existing = self.groups.get(key)
         if existing is not None:
-            raise GroupExists(f"error: group already exists: {existing.name}")
+            raise GroupExists(P.group_exists(existing.name))
         if key in self.reserved:
             raise GroupPending(self.reserved[key])
         if len(self.groups) + len(self.reserved) >= self.max_groups:
@@ -561,13 +561,13 @@ class Hub:
         if group is None:
             if key in self.reserved:
                 raise GroupPending(self.reserved[key])
-            raise ProtocolError(f"error: no such group: {name}")
+            raise ProtocolError(P.no_such_group(name))
         return group
 
     def member_group(self, user: User, name: str) -> Group:
         group = self.find_group(name)
         if group.key not in user.groups:
-            raise ProtocolError(f"error: not a member of {group.name}")
+            raise ProtocolError(P.not_a_member(group.name))
         return group
 
     def join_group(self, user: User, group: Group, publish: bool = True) -> None:
@@ -615,11 +615,11 @@ class Hub:
         nfc = P.normalize(name.strip(P.SEPARATORS))
         problem = P.name_problem(nfc)
         if problem is not None:
-            raise LoginRefused(f"error: invalid username: {problem}")
+            raise LoginRefused(P.invalid_username(problem))
         # In a cluster, Redis decides about the names of other nodes' users (the
         # mirror may still show one that just left): see `Backplane.claim`.
         if P.name_key(nfc) in self.users:
-            raise LoginRefused(f"error: username taken: {nfc}")
+            raise LoginRefused(P.username_taken(nfc))
         return nfc
 
     def logout(self, user: User, notify: bool = True) -> None:
@@ -692,20 +692,20 @@ class Hub:
     def handle_join(self, user: User, args: tuple[str, ...]) -> None:
         group = self.find_group(args[0])
         if group.key in user.groups:
-            raise ProtocolError(f"error: already a member of {group.name}")
+            raise ProtocolError(P.already_member(group.name))
         if self.outbox is not None and not group.members:
             # The first member here: the reply waits until this node hears the
             # group's channel, so nothing sent after it is missed (see backplane).
             self.join_group(user, group)
             self.queries.append(("join", user, group, None))
             return
-        self.reply(user, f"ok: joined group {group.name}")
+        self.reply(user, P.joined(group.name))
         self.join_group(user, group)
 
     # leave <group>
     def handle_leave(self, user: User, args: tuple[str, ...]) -> None:
         group = self.member_group(user, args[0])
-        self.reply(user, f"ok: left group {group.name}")
+        self.reply(user, P.left(group.name))
         self.leave_group(user, group)
 
     # groups
@@ -734,7 +734,7 @@ class Hub:
         group = self.member_group(user, args[0])
         text = args[1]
         if P.has_control(text):
-            raise ProtocolError("error: control characters are not allowed")
+            raise ProtocolError(P.CONTROL_CHARS)
         data = P.encode(P.public_prefix(group.name, user.name) + text)
         stats = self.stats
         stats.messages_public += 1
@@ -771,9 +771,9 @@ class Hub:
         if target is None:
             remote = self.remote_users.get(key)
             if remote is None:
-                raise ProtocolError(f"error: no such user: {args[0]}")
+                raise ProtocolError(P.no_such_user(args[0]))
             if P.has_control(args[1]):
-                raise ProtocolError("error: control characters are not allowed")
+                raise ProtocolError(P.CONTROL_CHARS)
             self._need_cluster()
             outbox = self.outbox
             assert outbox is not None  # remote users exist in cluster mode only
@@ -781,7 +781,7 @@ class Hub:
             self.stats.messages_private += 1  # the deliveries count on the receiving node
             return
         if P.has_control(args[1]):
-            raise ProtocolError("error: control characters are not allowed")
+            raise ProtocolError(P.CONTROL_CHARS)
         self.send_line(target, P.encode(P.private_prefix(user.name) + args[1]))
         self.stats.messages_private += 1
         self.stats.deliveries_private += 1
@@ -794,7 +794,7 @@ class Hub:
     # history <group> [count]
     def handle_history(self, user: User, args: tuple[str, ...]) -> None:
         if not self.history_size:
-            raise ProtocolError("error: history is disabled")
+            raise ProtocolError(P.HISTORY_DISABLED)
         group = self.member_group(user, args[0])
         count = P.parse_count(args[1] if len(args) > 1 else None)
         if self.outbox is not None:  # the cluster's history is in Redis: read it there
@@ -812,7 +812,7 @@ class Hub:
         entries = list(ring)[-count:]
         for at, sender, text in entries:
             self.reply(user, P.history_line(group.name, at, sender, text))
-        self.reply(user, f"ok: end of history {group.name}")
+        self.reply(user, P.end_of_history(group.name))
 
     # help
     def handle_help(self, user: User, args: tuple[str, ...]) -> None:
@@ -942,7 +942,7 @@ class Hub:
     def announce(self, text: str, group_name: str | None = None) -> int:
         """`* announcement: <text>` to a group's members or to everyone; returns receivers."""
         if not text or P.has_control(text):
-            raise ProtocolError("error: announcement text must be non-empty, no control characters")
+            raise ProtocolError(P.BAD_ANNOUNCEMENT)
         data = P.encode(P.announcement(text))
         if group_name is not None:
             group = self.find_group(group_name)

@@ -200,6 +200,59 @@ def group_deleted(group: str) -> str:
     return f"* group {group} was deleted by an administrator"
 
 
+GENERAL = "General"
+"""The group that always exists and every new user joins."""
+
+CONTROL_CHARS = "error: control characters are not allowed"
+HISTORY_DISABLED = "error: history is disabled"
+BAD_ANNOUNCEMENT = "error: announcement text must be non-empty, no control characters"
+
+
+def invalid_group_name(problem: str) -> str:
+    return f"error: invalid group name: {problem}"
+
+
+def group_exists(group: str) -> str:
+    """`create` of a name in use (the group as created)."""
+    return f"error: group already exists: {group}"
+
+
+def no_such_group(name: str) -> str:
+    return f"error: no such group: {name}"
+
+
+def not_a_member(group: str) -> str:
+    return f"error: not a member of {group}"
+
+
+def already_member(group: str) -> str:
+    return f"error: already a member of {group}"
+
+
+def no_such_user(name: str) -> str:
+    return f"error: no such user: {name}"
+
+
+def invalid_username(problem: str) -> str:
+    return f"error: invalid username: {problem}"
+
+
+def username_taken(name: str) -> str:
+    return f"error: username taken: {name}"
+
+
+def joined(group: str) -> str:
+    return f"ok: joined group {group}"
+
+
+def left(group: str) -> str:
+    return f"ok: left group {group}"
+
+
+def end_of_history(group: str) -> str:
+    return f"ok: end of history {group}"
+
+
 def storage_failed(group: str) -> str:
     """The store could not commit a new group (disk full, I/O error): nothing was created."""
     return f"error: group not created, storage failed: {group}"

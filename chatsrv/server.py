@@ -446,7 +446,7 @@ class ChatServer:
         try:
             group = hub.reserve_group(name, created_by="")
         except GroupPending as pending:  # a user's create of that name is committing
-            raise GroupExists(f"error: group already exists: {pending.group.name}") from None
+            raise GroupExists(P.group_exists(pending.group.name)) from None
         if not hub.durable:
             hub.group_committed(group, None)
             return group
@@ -454,7 +454,7 @@ class ChatServer:
         self.writer.settle(self.writer.take_pending())
         existing = hub.groups.get(group.key)
         if existing is not None and existing is not group:  # another node's, in a cluster
-            raise GroupExists(f"error: group already exists: {existing.name}")
+            raise GroupExists(P.group_exists(existing.name))
         if existing is not group:
             raise CreateFailed(P.storage_failed(group.name))
         return group

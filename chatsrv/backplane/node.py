@@ -201,7 +201,7 @@ class RedisBackplane:
         finally:
             self.claims.pop(claim.token, None)
         if not won:
-            raise LoginRefused(f"error: username taken: {name}")
+            raise LoginRefused(P.username_taken(name))
         hub.forget_remote(claim.key)  # a stale mirror entry: Redis says the name is ours
 
     def read_history(self, group: Group, count: int) -> list[tuple[float, str, str]]:

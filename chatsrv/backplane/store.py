@@ -19,13 +19,11 @@ import json
 import logging
 
 from ..hub import ClusterUnavailable, GroupTaken
-from ..protocol import name_key
+from ..protocol import GENERAL, name_key
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
 
 log = logging.getLogger("chatsrv.backplane")
-
-GENERAL = "General"
 
 
 def _record(raw: bytes | str) -> GroupRecord:

@@ -29,13 +29,13 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..protocol import GENERAL
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
 
 log = logging.getLogger("chatsrv.store")
 
 DB_NAME = "chatsrv.db"
-GENERAL = "General"
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: groups and packed history chunks.

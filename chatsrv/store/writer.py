@@ -269,7 +269,7 @@ class StoreWriter:
         assert self.follow is not None  # set by the server in cluster mode
         self.follow(group)
         if self.hub.users.get(user.key) is user:
-            self.hub.reply(user, f"ok: joined group {group.name}")
+            self.hub.reply(user, P.joined(group.name))
         self.on_reply()
 
     def _answer_history(self, user: User, group: Group, count: int) -> None:
@@ -282,7 +282,7 @@ class StoreWriter:
             lines = [P.CLUSTER_UNAVAILABLE]
         else:
             lines = [P.history_line(group.name, at, sender, text) for at, sender, text in entries]
-            lines.append(f"ok: end of history {group.name}")
+            lines.append(P.end_of_history(group.name))
         if self.hub.users.get(user.key) is user:
             for line in lines:
                 self.hub.reply(user, line)
@@ -305,7 +305,7 @@ class StoreWriter:
         if self.hub.users.get(user.key) is user:
             for at, sender, text in (*older, *kept):
                 self.hub.reply(user, P.history_line(group.name, at, sender, text))
-            self.hub.reply(user, f"ok: end of history {group.name}")
+            self.hub.reply(user, P.end_of_history(group.name))
         self.on_reply()
 
     def _read_older(self, name: str, key: str, before: int, count: int) -> list:
@@ -353,7 +353,7 @@ class StoreWriter:
                 record = err.args[0]
                 self.hub.remote_group(record.name, record.created_by, record.created_at)
                 self.hub.group_not_committed(
-                    group, creator, f"error: group already exists: {record.name}")
+                    group, creator, P.group_exists(record.name))
             elif isinstance(err, ClusterUnavailable):
                 log.warning("group %s not created: %s", group.name, err)
                 self.hub.group_not_committed(group, creator, P.CLUSTER_UNAVAILABLE)
