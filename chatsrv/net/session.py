@@ -367,17 +367,27 @@ class Session:
         self.bytes_in += n
         return _RECV_VIEW[:n].tobytes()
 
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool] | None:
+        """TLS: the plaintext `data` completes and whether the peer closed; None
+        when the record is bad (the session is then ended, reason `error`)."""
+        tls = self.tls
+        assert tls is not None  # only TLS sessions call this
+        try:
+            return tls.decrypt(data)
+        except ssl.SSLError:
+            self.abort("error")
+            return None
+
     def _on_readable(self) -> None:
         """The io watcher's callback, in the event loop: read what is there, handle it."""
         data = self._read_ready()
         if data is None:
             return
         if self.tls is not None:
-            try:
-                data, eof = self.tls.decrypt(data)
-            except ssl.SSLError:
-                self.abort("error")
+            plain = self._decrypt(data)
+            if plain is None:
                 return
+            data, eof = plain
             if eof:
                 self._on_plaintext(data)
                 self.abort("eof")
@@ -528,11 +538,10 @@ class Session:
             self.held = None
             self.held_bytes = 0
             if self.tls is not None:
-                try:
-                    data, eof = self.tls.decrypt(data)
-                except ssl.SSLError:
-                    self.abort("error")
+                plain = self._decrypt(data)
+                if plain is None:
                     return
+                data, eof = plain
             if data:
                 lines = lines + self._frame(data, self.server.config.max_line)
         self._go_on(lines, False)
