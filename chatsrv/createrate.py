@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .ratelimit import RateLimiter
+
 MAX_ENTRIES = 10_000
 
 
@@ -32,37 +34,35 @@ class CreateRate:
         self.burst = burst if burst is not None else max(2 * per_minute, 1.0)
         self.clock = clock
         self.max_entries = max_entries
-        # key -> [tokens, stamp]; insertion order is last-use order (`take` re-inserts).
-        self.entries: dict[str, list[float]] = {}
+        # key -> its bucket; insertion order is last-use order (`take` re-inserts).
+        self.entries: dict[str, RateLimiter] = {}
 
     def take(self, key: str) -> bool:
-        """Spend one creation for `key`: True if allowed, False if over the rate."""
-        now = self.clock()
-        entry = self.entries.pop(key, None)
-        if entry is None:
+        """Spend one creation for `key`: True if allowed, False if over the rate
+        (a refused attempt spends nothing)."""
+        bucket = self.entries.pop(key, None)
+        if bucket is None:
             if len(self.entries) >= self.max_entries:
-                self.purge(now)
-            entry = [self.burst, now]
-        tokens = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
-        allowed = tokens >= 1.0
-        entry[0] = tokens - 1.0 if allowed else tokens
-        entry[1] = now
-        self.entries[key] = entry
-        return allowed
+                self.purge()
+            bucket = RateLimiter(self.rate, self.clock, self.burst)
+        self.entries[key] = bucket
+        if bucket.take() > 0:
+            bucket.give_back()
+            return False
+        return True
 
     def refund(self, key: str) -> None:
         """A creation `take` allowed did not happen (the store failed): give it back."""
-        entry = self.entries.get(key)
-        if entry is not None:
-            entry[0] = min(self.burst, entry[0] + 1.0)
+        bucket = self.entries.get(key)
+        if bucket is not None:
+            bucket.give_back()
 
     def purge(self, now: float | None = None) -> None:
         """Drop full buckets; if under a tenth of the cap went, the least recently used too."""
         if now is None:
             now = self.clock()
-        entries, rate, burst = self.entries, self.rate, self.burst - 1e-9
-        for key in [k for k, (tokens, stamp) in entries.items()
-                    if tokens + (now - stamp) * rate >= burst]:
+        entries = self.entries
+        for key in [k for k, bucket in entries.items() if bucket.full(now)]:
             del entries[key]
         excess = len(entries) - self.max_entries * 9 // 10
         if excess > 0:

@@ -449,25 +449,6 @@ class Hub:
 
     # ------------------------------------------------------------ history in memory
 
-    def keep_entry(self, group: Group, entry: Entry) -> None:
-        """Add a public message to its group's ring and to the memory budget
-        (`handle_public` has the same lines inline: it is the hot path)."""
-        ring = group.history
-        if len(ring) == self.history_size:
-            self._ring_drops(group, ring[0])
-        ring.append(entry)
-        group.seq += 1
-        self.history_order.append(group)
-        self.history_bytes += _sizeof(entry[2]) + len(entry[1]) + ENTRY_OVERHEAD
-
-    def _ring_drops(self, group: Group, oldest: Entry) -> None:
-        """The full ring drops `oldest` at the next append: its record goes stale."""
-        self.history_bytes -= entry_size(oldest)
-        group.skip += 1
-        self.history_stale += 1
-        if self.history_stale > self._compact_at:
-            self._compact_order()
-
     def _forget_history(self, group: Group) -> None:
         """A deleted group's entries leave the budget at once; their records in
         `history_order` go stale (skipped by eviction, dropped by compaction)."""

@@ -19,6 +19,15 @@ class RateLimiter:
         self.clock = clock
         self.stamp = clock()
 
+    def full(self, now: float) -> bool:
+        """Whether the bucket has refilled to its burst by `now` (it then says
+        nothing a fresh bucket would not)."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst - 1e-9
+
+    def give_back(self, n: int = 1) -> None:
+        """Return `n` tokens that `take` spent for nothing (never above the burst)."""
+        self.tokens = min(self.burst, self.tokens + n)
+
     def take(self, n: int = 1) -> float:
         """Spend `n` tokens; return the seconds to wait so the bucket is not overdrawn."""
         now = self.clock()

@@ -318,14 +318,15 @@ class Session:
 
         A partial line followed by LEGACY_SILENCE_S of silence is a line, and
         makes this a legacy connection (see `legacy`)."""
+        partial = framing.flush_partial(self.rest, self.discarding)
         data = None
-        if framing.flush_partial(self.rest, self.discarding):
+        if partial:
             with Timeout(LEGACY_SILENCE_S, False):
                 data = recv(READ_SIZE)
             if data is None:  # silence after a partial line: the seed client's way
                 self.legacy = True
-                lines, self.rest = framing.flush_partial(self.rest, self.discarding), b""
-                return lines
+                self.rest = b""
+                return partial
         else:
             data = recv(READ_SIZE)
         if not data:

@@ -116,7 +116,6 @@ class StoreWriter:
         # committed entry, so `read_older` knows how many of the newest stored
         # entries memory also holds. Loaded groups start at their `seq`.
         self.ends: dict[str, int] = {}
-        self._in_flight: list = []  # the history batch being committed
         # Set by the thread while it runs an operation (a float is atomic to read).
         self._busy_since: float | None = None
         self._stall_logged: float | None = None
@@ -178,7 +177,6 @@ class StoreWriter:
         records = [(group.name, entries) for group, entries in batch]
         ends = [(group.key, group.seq) for group, _ in batch]
         started = time.monotonic()
-        self._in_flight = batch
         try:
             # Inside the try, as the failure it stands for was: a journal (unsaved
             # history) exists only with a durable store, which has the pool.
@@ -189,8 +187,6 @@ class StoreWriter:
             self._failed(err, sum(len(e) for _, e in records), started)
             self._check_stall()
             return
-        finally:
-            self._in_flight = []
         self.hub.history_saved(batch)
         spent = time.monotonic() - started
         stats = self.stats

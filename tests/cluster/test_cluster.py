@@ -140,14 +140,20 @@ def test_three_nodes_name_race_and_sender_order(redis_server, make_server, login
         assert chat[1:] == [f"[public group arena from sender] m{i:04d}" for i in range(300)]
 
 
-def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F811
-                                                      make_http_server, login):
-    a, b = cluster(make_http_server, redis_server, 2, admin_token="secret-token")
+def bob_in_ops(redis, make_http_server, login):
+    """Two nodes with admin APIs; alice on node A, bob on node B in a group `ops` he made."""
+    a, b = cluster(make_http_server, redis, 2, admin_token="secret-token")
     alice = login(a, "alice")
     bob = login(b, "bob")
     alice.expect("* bob joined the group General")
     assert bob.request("create ops") == "ok: created group ops"
     assert bob.request("join ops") == "ok: joined group ops"
+    return a, b, alice, bob
+
+
+def test_admin_api_sees_and_acts_on_the_whole_cluster(redis_server,  # noqa: F811
+                                                      make_http_server, login):
+    a, b, alice, bob = bob_in_ops(redis_server, make_http_server, login)
     api = a.api
 
     def users() -> dict:
@@ -298,12 +304,7 @@ def test_cluster_options_are_checked(redis_server, tmp_path):  # noqa: F811
 
 def test_deleting_a_group_on_one_node_deletes_it_on_every_node(redis_server,  # noqa: F811
                                                                make_http_server, login):
-    a, b = cluster(make_http_server, redis_server, 2, admin_token="secret-token")
-    alice = login(a, "alice")
-    bob = login(b, "bob")
-    alice.expect("* bob joined the group General")
-    assert bob.request("create ops") == "ok: created group ops"
-    assert bob.request("join ops") == "ok: joined group ops"
+    a, b, alice, bob = bob_in_ops(redis_server, make_http_server, login)
     assert alice.request("join ops") == "ok: joined group ops"
     bob.expect("* alice joined the group ops")
     alice.send("public ops from A")
