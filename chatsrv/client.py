@@ -58,6 +58,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
@@ -394,19 +395,24 @@ async def _prompt(session, conn: Connection):
     Both are caught inside this coroutine on purpose: a KeyboardInterrupt escaping a
     task is re-raised by asyncio out of the whole event loop."""
     try:
-        return await session.prompt_async(lambda: f"{conn.name}> " if conn.logged_in else "> ")
+        # handle_sigint=False: inside the prompt the terminal is raw and Ctrl-C is
+        # a key (bound to KeyboardInterrupt); a SIGINT can only come between two
+        # prompts, and _interactive's own handler takes it (see there).
+        return await session.prompt_async(
+            lambda: f"{conn.name}> " if conn.logged_in else "> ", handle_sigint=False
+        )
     except (EOFError, KeyboardInterrupt):
         return _QUIT
 
 
-async def _ask(session, conn: Connection, pump: asyncio.Task):
+async def _ask(session, conn: Connection, pump: asyncio.Task, interrupted: asyncio.Future):
     """What the user typed, _QUIT, or None when the server closed meanwhile."""
     prompt = asyncio.ensure_future(_prompt(session, conn))
-    await asyncio.wait({prompt, pump}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({prompt, pump, interrupted}, return_when=asyncio.FIRST_COMPLETED)
     if not prompt.done():
         prompt.cancel()  # lets prompt_toolkit restore the terminal
         await asyncio.gather(prompt, return_exceptions=True)
-        return None
+        return _QUIT if interrupted.done() else None
     return prompt.result()
 
 
@@ -415,16 +421,30 @@ async def _interactive(conn: Connection) -> int:
     from prompt_toolkit.patch_stdout import patch_stdout
 
     session: PromptSession[str] = PromptSession()
-    with patch_stdout():
-        pump = asyncio.create_task(conn.pump(_print_line))
-        while True:
-            text = await _ask(session, conn, pump)
-            if text is None:
-                return conn.ended_code()
-            if text is _QUIT or text.strip(" \t").casefold() == "exit":
-                return await _quit(conn, pump)
-            # Pasted newlines become separate lines, which is what they mean.
-            await conn.send(text.encode("utf-8", "replace") + b"\n")
+    # Between two prompts (a line just entered, the next prompt not yet drawn) the
+    # terminal is in cooked mode and Ctrl-C is a SIGINT, not a key: it must mean
+    # the same as inside the prompt (say `exit`), not cancel the program midway.
+    loop = asyncio.get_running_loop()
+    interrupted: asyncio.Future[None] = loop.create_future()
+
+    def on_sigint() -> None:
+        if not interrupted.done():
+            interrupted.set_result(None)
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        with patch_stdout():
+            pump = asyncio.create_task(conn.pump(_print_line))
+            while True:
+                text = await _ask(session, conn, pump, interrupted)
+                if text is None:
+                    return conn.ended_code()
+                if text is _QUIT or text.strip(" \t").casefold() == "exit":
+                    return await _quit(conn, pump)
+                # Pasted newlines become separate lines, which is what they mean.
+                await conn.send(text.encode("utf-8", "replace") + b"\n")
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # --- entry points ---------------------------------------------------------------
