@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from . import protocol as P
 from .core import events as E
 from .core.events import new_public
+from .core.names import skeleton
 from .createrate import CreateRate
 from .histogram import Histogram
 from .protocol import ProtocolError
@@ -77,12 +78,14 @@ Query = tuple[str, "User", "Group", Any]
 class User:
     """A logged-in session as the hub sees it. `conn` belongs to the transport."""
 
-    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since", "addr")
+    __slots__ = ("name", "key", "skel", "groups", "queue", "push", "conn", "since", "addr")
 
     def __init__(self, name: str, conn: Conn | None = None, since: float = 0.0,
-                 addr: str | None = None) -> None:
+                 addr: str | None = None, skel: str | None = None) -> None:
         self.name = name
         self.key = P.name_key(name)
+        # Look-alike names collide on this (core/names.py); computed once, here.
+        self.skel = skeleton(name) if skel is None else skel
         self.groups: dict[str, Group] = {}
         self.queue: list[bytes] = []
         # One bound method for the user's life: groups cache it, and fan-out
@@ -101,11 +104,12 @@ class User:
 class RemoteUser:
     """Cluster mode: a user logged in on another node, as this node's mirror knows it."""
 
-    __slots__ = ("name", "key", "node", "since", "peer", "groups")
+    __slots__ = ("name", "key", "skel", "node", "since", "peer", "groups")
 
     def __init__(self, name: str, node: str, since: float, peer: str = "") -> None:
         self.name = name
         self.key = P.name_key(name)
+        self.skel = skeleton(name)
         self.node = node
         self.since = since
         self.peer = peer
@@ -137,13 +141,14 @@ def entry_size(entry: Entry) -> int:
 
 class Group:
     __slots__ = (
-        "name", "key", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
+        "name", "key", "skel", "members", "created_by", "created_at", "history", "unsaved", "_pushes",
         "remote", "seq", "pending", "skip",
     )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
         self.name = name
         self.key = P.name_key(name)
+        self.skel = skeleton(name)
         self.members: dict[str, User] = {}
         self.created_by = created_by
         self.created_at = created_at
@@ -280,6 +285,12 @@ class Hub:
         self.uncommitted: list[tuple[User | None, Group]] = []
         self.blocked: list[tuple[User, Group, str]] = []
         self.reserved: dict[str, Group] = {}  # created, awaiting commit, not visible yet
+        # Look-alike names (PROTOCOL.md v2): skeleton -> the user (here or, mirrored,
+        # on another node) or group (existing or reserved) that has it. An entry
+        # counts only while its holder is still registered under its key (see
+        # `_user_lookalike`), so a missed removal can never refuse a free name.
+        self.user_skels: dict[str, User | RemoteUser] = {}
+        self.group_skels: dict[str, Group] = {}
         self.stats = Stats()
         self.stats.commands = {w: 0 for w in (*P.COMMAND_WORDS, "unknown")}
         # Cluster mode (see `join_cluster`); without it these stay empty and None.
@@ -335,7 +346,23 @@ class Hub:
         group = Group(name, created_by, self.clock(), self.history_size)
         self.groups[group.key] = group
         self._groups_line = None
+        if self._group_lookalike(group.skel) is None:
+            self.group_skels[group.skel] = group
         return group
+
+    def _group_lookalike(self, skel: str) -> Group | None:
+        """The existing or reserved group whose name looks like one with this skeleton."""
+        other = self.group_skels.get(skel)
+        if other is None:
+            return None
+        if self.groups.get(other.key) is other or self.reserved.get(other.key) is other:
+            return other
+        del self.group_skels[skel]
+        return None
+
+    def _forget_group_skel(self, group: Group) -> None:
+        if self.group_skels.get(group.skel) is group:
+            del self.group_skels[group.skel]
 
     def check_new_group(self, name: str) -> str:
         """The NFC name of a group that may be created now; raises ProtocolError with
@@ -351,6 +378,11 @@ class Hub:
             raise GroupExists(P.group_exists(existing.name))
         if key in self.reserved:
             raise GroupPending(self.reserved[key])
+        other = self._group_lookalike(skeleton(name))
+        if other is not None:
+            if self.reserved.get(other.key) is other:
+                raise GroupPending(other)
+            raise GroupExists(P.group_exists(other.name))
         if len(self.groups) + len(self.reserved) >= self.max_groups:
             raise TooManyGroups(P.too_many_groups(self.max_groups))
         return name
@@ -362,6 +394,7 @@ class Hub:
             name = self.check_new_group(name)
         group = Group(name, created_by, self.clock(), self.history_size)
         self.reserved[group.key] = group
+        self.group_skels[group.skel] = group
         return group
 
     def group_committed(self, group: Group, creator: User | None) -> None:
@@ -378,6 +411,7 @@ class Hub:
         is free again here, the creator is told (`line`, or the storage error) and
         gets its `--create-rate` token back: only groups created count."""
         del self.reserved[group.key]
+        self._forget_group_skel(group)
         if creator is not None and creator.addr is not None and self.create_rate is not None:
             self.create_rate.refund(creator.addr)
         if creator is not None and self.users.get(creator.key) is creator:
@@ -402,6 +436,7 @@ class Hub:
                 remote.groups.discard(gkey)
         group.remote.clear()
         del self.groups[gkey]
+        self._forget_group_skel(group)
         self._groups_line = None
         if group.unsaved and self.journal is not None:  # its history goes with it
             self.journal.remove(group)
@@ -418,6 +453,8 @@ class Hub:
         if group.key not in self.groups:
             self.groups[group.key] = group
             self._groups_line = None
+            if self._group_lookalike(group.skel) is None:
+                self.group_skels[group.skel] = group
 
     def restore_group(
         self, name: str, created_by: str, created_at: float, entries: Iterable[Entry],
@@ -578,10 +615,10 @@ class Hub:
         joining General in one event, see backplane/publisher.py). `addr`: the
         client's address key, which `--create-rate` counts."""
         started = self.timer() if self.timer is not None else 0.0
-        nfc = self.check_name(name)
-        key = P.name_key(nfc)
-        user = User(nfc, conn, self.clock(), addr)
-        self.users[key] = user
+        nfc, skel = self._check_name(name)
+        user = User(nfc, conn, self.clock(), addr, skel)
+        self.users[user.key] = user
+        self.user_skels[skel] = user
         self.stats.logins += 1
         self.reply(user, P.welcome(nfc))
         general = self.groups[P.name_key(GENERAL)]
@@ -593,15 +630,34 @@ class Hub:
 
     def check_name(self, name: str) -> str:
         """The NFC username of a login line if it is valid and free here; raises LoginRefused."""
+        return self._check_name(name)[0]
+
+    def _check_name(self, name: str) -> tuple[str, str]:
         nfc = P.normalize(name.strip(P.SEPARATORS))
         problem = P.name_problem(nfc)
         if problem is not None:
             raise LoginRefused(P.invalid_username(problem))
         # In a cluster, Redis decides about the names of other nodes' users (the
         # mirror may still show one that just left): see `Backplane.claim`.
-        if P.name_key(nfc) in self.users:
+        key = P.name_key(nfc)
+        if key in self.users:
             raise LoginRefused(P.username_taken(nfc))
-        return nfc
+        # A look-alike of a user here or (as the mirror knows them) on another node;
+        # the very same name on another node is Redis's to decide, as above.
+        skel = skeleton(nfc)
+        other = self._user_lookalike(skel)
+        if other is not None and other.key != key:
+            raise LoginRefused(P.username_taken(nfc))
+        return nfc, skel
+
+    def _user_lookalike(self, skel: str) -> User | RemoteUser | None:
+        other = self.user_skels.get(skel)
+        if other is None:
+            return None
+        if self.users.get(other.key) is other or self.remote_users.get(other.key) is other:
+            return other
+        del self.user_skels[skel]
+        return None
 
     def logout(self, user: User, notify: bool = True) -> None:
         """The user leaves every group (with notices) and the name is free at once."""
@@ -616,6 +672,8 @@ class Hub:
                     self.outbox.append(E.Leave(user, group))
         user.groups.clear()
         del self.users[user.key]
+        if self.user_skels.get(user.skel) is user:
+            del self.user_skels[user.skel]
         self.dirty.discard(user)
         if self.outbox is not None:
             self.outbox.append(E.Logout(user))
@@ -821,7 +879,9 @@ class Hub:
         if user is None or user.node != node:
             if user is not None:
                 self._forget_remote(user)
-            self.remote_users[key] = RemoteUser(name, node, since, peer)
+            remote = self.remote_users[key] = RemoteUser(name, node, since, peer)
+            if self._user_lookalike(remote.skel) is None:
+                self.user_skels[remote.skel] = remote
 
     def remote_logout(self, key: str, node: str) -> None:
         user = self.remote_users.get(key)
@@ -838,6 +898,8 @@ class Hub:
         for gkey in list(user.groups):
             self.remote_leave(user.key, gkey, user.node, notify)
         del self.remote_users[user.key]
+        if self.user_skels.get(user.skel) is user:
+            del self.user_skels[user.skel]
 
     def remote_join(self, key: str, gkey: str, node: str, notify: bool = True) -> None:
         user = self.remote_users.get(key)

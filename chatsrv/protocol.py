@@ -18,6 +18,8 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
+from .core.names import bad_text, invisible
+
 NAME_MAX = 32
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 200
@@ -25,8 +27,6 @@ SEPARATORS = " \t"
 ZWNJ = "\u200c"
 NAME_PUNCT = frozenset("_.-" + ZWNJ)
 
-# C0 controls except TAB, DEL and the C1 range. LF never reaches here.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _SEP_RUN = re.compile("[ \t]+")
 
 
@@ -59,11 +59,14 @@ def name_problem(name: str) -> str | None:
         cat = unicodedata.category(ch)
         if not (cat[0] in "LM" or cat == "Nd" or ch in NAME_PUNCT):
             return f"character not allowed: {ch!r}"
+    if invisible(name):
+        return "only invisible characters"
     return None
 
 
-def has_control(text: str) -> bool:
-    return _CONTROL.search(text) is not None
+# C0 controls except TAB, DEL, C1, and (v2) U+2028/U+2029 and the bidi controls:
+# one regex search per message, see core/names.py.
+has_control = bad_text
 
 
 # ---------------------------------------------------------------- commands

@@ -902,7 +902,11 @@ def test_no_such_user(solo, shared, connect):
 
 
 CONTROLS = ["\x00", "\x01", "\x07", "\x1b", "\x1f", "\r", "\x0b", "\x0c", "\x7f", "\x80",
-            "\x85", "\x9f"]
+            "\x85", "\x9f",
+            # v2 "Look-alike names and invisible text": line/paragraph separators and
+            # the bidi embeddings, overrides and isolates count as control characters.
+            "\u2028", "\u2029", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+            "\u2066", "\u2067", "\u2068", "\u2069"]
 
 
 @pytest.mark.parametrize("char", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
@@ -923,7 +927,8 @@ def test_control_characters_are_refused_in_private(pair, char):
 
 def test_tab_and_other_non_control_characters_are_allowed_in_messages(pair):
     alice, bob, group = pair
-    text = "tab\there \u00a0nbsp \u200b zwsp \u2028 ls emoji \U0001f600 \u00a0"
+    text = ("tab\there \u00a0nbsp \u200b zwsp \u200c zwnj \u200d zwj \u200e lrm "
+            "emoji \U0001f469\u200d\U0001f4bb \u00a0")
     alice.send(f"public {group} {text}\nprivate {bob.name} {text}")
     bob.expect(f"[public group {group} from {alice.name}] {text}",
                f"[private from {alice.name}] {text}")
