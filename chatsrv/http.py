@@ -151,8 +151,9 @@ class AdminAPI:
 
     def api(self, environ: dict, method: str, path: str) -> Response:
         if not bearer_ok(environ.get("HTTP_AUTHORIZATION"), self.token):
+            # Rate-limited with a count, like errors (logs.LogGuard): anyone can send these.
             log.info("admin API: 401 for %s %s%s from %s", method, API, path,
-                     environ.get("REMOTE_ADDR"))
+                     environ.get("REMOTE_ADDR"), extra={"ratelimit": True})
             raise HTTPError(401, "missing or wrong bearer token",
                             [("WWW-Authenticate", 'Bearer realm="chatsrv"')])
         path = path.rstrip("/") or "/"

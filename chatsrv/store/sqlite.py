@@ -135,7 +135,7 @@ def migrate(db: sqlite3.Connection) -> int:
             db.execute("INSERT INTO schema_version VALUES (0)")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
     start = version
     while version < schema_version():
@@ -148,9 +148,20 @@ def migrate(db: sqlite3.Connection) -> int:
             db.execute("UPDATE schema_version SET version = ?", (version,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
     return start
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already: on SQLITE_FULL (and
+    some I/O errors) it rolls back by itself, and a ROLLBACK then would raise
+    "cannot rollback - no transaction is active" in place of the real error."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the error being raised is the one that matters
 
 
 def describe_db_error(path: Path, err: sqlite3.Error) -> str:
@@ -315,7 +326,7 @@ class SqliteStore(Store):
                 db.execute("DELETE FROM groups WHERE id = ?", (gid,))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 self.ids[name] = gid
                 raise
         finally:
@@ -351,9 +362,12 @@ class SqliteStore(Store):
                     stored[gid] = self._prune(gid, keep)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
-            self.stored = dict(db.execute(
-                "SELECT group_id, SUM(count) FROM history_chunks GROUP BY group_id"))
+            _rollback(db)
+            try:
+                self.stored = dict(db.execute(
+                    "SELECT group_id, SUM(count) FROM history_chunks GROUP BY group_id"))
+            except sqlite3.Error:
+                pass  # keep the old counts: a group's next prune recounts it
             raise
 
     def _prune(self, gid: int, keep: int) -> int:

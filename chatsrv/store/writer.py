@@ -55,6 +55,25 @@ STALL_AFTER_S = 5.0  # an operation running (or writes failing) this long: not r
 WATCH_EVERY_S = 1.0
 
 
+class _Failed:
+    """What a writer-thread job that raised returns instead of raising: an
+    exception leaving a gevent ThreadPool job is also printed by the hub, as a
+    multi-line traceback on stderr outside the log format, once per failed
+    flush (disk full: thousands of lines). The caller re-raises it (`_result`)
+    and logs it through `log`, rate-limited."""
+
+    __slots__ = ("err",)
+
+    def __init__(self, err: Exception) -> None:
+        self.err = err
+
+
+def _result(value: Any) -> Any:
+    if isinstance(value, _Failed):
+        raise value.err
+    return value
+
+
 class _Abandoned(Exception):
     """The thread undid a commit that came after its creator was told it failed."""
 
@@ -133,6 +152,8 @@ class StoreWriter:
         self._busy_since = time.monotonic()
         try:
             return fn(*args)
+        except Exception as err:
+            return _Failed(err)
         finally:
             self._busy_since = None
 
@@ -181,7 +202,7 @@ class StoreWriter:
             # Inside the try, as the failure it stands for was: a journal (unsaved
             # history) exists only with a durable store, which has the pool.
             assert self.pool is not None
-            self.pool.apply(self._job, (self._append, records, ends))
+            _result(self.pool.apply(self._job, (self._append, records, ends)))
         except Exception as err:  # disk full, I/O error: keep the entries, try again
             self.hub.unsaved_again(batch)
             self._failed(err, sum(len(e) for _, e in records), started)
@@ -222,7 +243,7 @@ class StoreWriter:
         if self.pool is None:
             self.store.delete_group(group.name)
             return
-        self.pool.apply(self.store.delete_group, (group.name,))
+        _result(self.pool.apply(self._job, (self.store.delete_group, group.name)))
 
     def take_pending(self) -> Pending:
         """The creates, blocked commands and (cluster mode) history reads the last
@@ -291,8 +312,8 @@ class StoreWriter:
         command), then `kept`, the ring as it was when the command ran."""
         try:
             assert self.pool is not None  # only a durable store has older entries
-            older = self.pool.spawn(self._job, self._read_older, group.name, group.key,
-                                    before, count).get(timeout=READ_TIMEOUT_S)
+            older = _result(self.pool.spawn(self._job, self._read_older, group.name, group.key,
+                                            before, count).get(timeout=READ_TIMEOUT_S))
         except (Exception, gevent.Timeout) as err:
             log.warning("history of %s: older messages not read from the store, answering "
                         "with the %d in memory: %s", group.name, len(kept),
@@ -341,8 +362,8 @@ class StoreWriter:
             timer.close()
             if fate.state == "abandoned":
                 return  # answered by `give_up`; the thread undid a late commit
-            err = job.exception
-            if job.successful():
+            err = job.value.err if isinstance(job.value, _Failed) else job.exception
+            if err is None:
                 self.stats.creates += 1
                 self.hub.group_committed(group, creator)
             elif isinstance(err, GroupTaken):  # another node of the cluster was first
@@ -399,7 +420,7 @@ class StoreWriter:
             self.store.close()
             return
         try:
-            self.pool.spawn(self._job, self.store.close).get(timeout=_left(deadline))
+            _result(self.pool.spawn(self._job, self.store.close).get(timeout=_left(deadline)))
         except gevent.Timeout:
             log.error("store did not close within %.1f s at shutdown (history was written; "
                       "the next start recovers the database)", timeout)

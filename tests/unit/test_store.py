@@ -381,3 +381,42 @@ def test_writer_with_sqlite_writes_everything_on_close(tmp_path):
         assert [t for _, _, t in dev.history] == [f"m{i}" for i in range(30)]
     finally:
         again.close()
+
+
+# --------------------------------------------------------------------- disk full
+
+
+def _fill(store: SqliteStore) -> None:
+    """Cap the database at its size now (SQLITE_FULL past it), as a full disk does."""
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+
+def test_a_full_database_reports_disk_full_not_cannot_rollback(store):
+    store.create_group(GroupRecord("dev", "alice", 1.0))
+    _fill(store)
+    big = [(1_700_000_000.0 + i, "alice", "x" * 3000) for i in range(50)]
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        store.append_history([("dev", big)], 1000)
+    assert not store.db.in_transaction
+    store.append_history([("dev", entries(2))], 1000)  # room for a little: works again
+
+
+def test_writer_logs_the_full_disk_once_through_the_logger(tmp_path, store, caplog, capfd):
+    hub = Hub(clock=FakeClock(), durable=True)
+    writer = StoreWriter(store, hub, flush_ms=10, keep=1000)
+    _fill(store)
+    general = hub.groups["general"]
+    alice = hub.login("alice")
+    for i in range(5):
+        for _ in range(20):
+            hub.handle(alice, f"public General {i} " + "x" * 3000)
+        writer.flush()
+    errors = [r for r in caplog.records if r.name == "chatsrv.store"]
+    assert len(errors) == 1  # once a minute, not once a flush
+    assert errors[0].getMessage().endswith(": database or disk is full")
+    assert "cannot rollback" not in caplog.text
+    # Nothing printed beside the logger (gevent prints a failed ThreadPool job's traceback).
+    assert "Traceback" not in capfd.readouterr().err
+    assert general.unsaved  # kept for the next try
+    writer.pool.kill()
