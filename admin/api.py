@@ -23,6 +23,19 @@ class AdminError(Exception):
         self.status = status
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as an error, never followed: following it would send
+    the bearer token on to whatever host the `Location` names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: PLR0913
+        return None
+
+
+# No redirects, and no proxy from the environment either (`http_proxy`): the
+# token goes to the host of --url and nowhere else.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+
+
 class AdminClient:
     def __init__(self, url: str, token: str | None, timeout: float = 5.0) -> None:
         self.base = url.rstrip("/")
@@ -81,7 +94,7 @@ class AdminClient:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(self.base + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 if response.status == 204:  # done, nothing to say
                     return 204, {}
                 return response.status, _json(response.read())
@@ -89,6 +102,12 @@ class AdminClient:
             payload = _json(err.read(), strict=False)
             if err.code in accept:
                 return err.code, payload
+            if 300 <= err.code < 400:
+                where = err.headers.get("Location", "elsewhere")
+                raise AdminError(f"the server answered HTTP {err.code} (redirect to {where}); "
+                                 "chatsrv-admin follows no redirect, so the token goes nowhere "
+                                 "else: point --url at chatsrv's HTTP endpoint itself",
+                                 NOT_OK, err.code) from None
             raise AdminError(_describe(err.code, payload), NOT_OK, err.code) from None
         except OSError as err:  # URLError, timeouts, resets are all OSErrors
             reason = getattr(err, "reason", err)

@@ -58,7 +58,12 @@ def options(
                             help="chatsrv's HTTP endpoint (its --http-host/--http-port)."),
     token: str | None = typer.Option(  # noqa: UP007 - Typer needs Optional
         None, envvar="CHATSRV_ADMIN_TOKEN", show_default=False,
-        help="Admin bearer token (default: read from DATA_DIR/admin.token).",
+        help="Admin bearer token. Prefer the CHATSRV_ADMIN_TOKEN variable or --token-file: "
+             "a command line shows in `ps` (default: read from DATA_DIR/admin.token).",
+    ),
+    token_file: Path | None = typer.Option(  # noqa: UP007
+        None, envvar="CHATSRV_ADMIN_TOKEN_FILE", show_default=False,
+        help="A file holding the admin token (default: DATA_DIR/admin.token).",
     ),
     data_dir: Path = typer.Option(Path("./chatsrv-data"), envvar="CHATSRV_DATA_DIR",
                                   help="The server's --data-dir, for its admin.token."),
@@ -68,8 +73,12 @@ def options(
     if not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="--url")
     problem = None
+    source = ctx.get_parameter_source("token")
+    if token is not None and getattr(source, "name", "") == "COMMANDLINE":
+        typer.echo("warning: --token on the command line is visible to other users (ps, "
+                   "shell history); use CHATSRV_ADMIN_TOKEN or --token-file", err=True)
     if token is None:
-        token, problem = _token_from(data_dir / TOKEN_FILE)
+        token, problem = _token_from(token_file or data_dir / TOKEN_FILE)
     ctx.obj = Options(url, token, problem, json_out, timeout)
 
 

@@ -4,8 +4,8 @@ There is no open mode. The token is `--admin-token` / `CHATSRV_ADMIN_TOKEN`;
 without one, the server makes a random token at its first start and keeps it
 in `<data-dir>/admin.token` (mode 0600), which later starts and `chatsrv-admin`
 on the same machine read. Exposing the HTTP port beyond loopback needs a token
-given explicitly (checked in `Config`), so nobody publishes an admin API whose
-secret they never saw.
+given explicitly, of at least ADMIN_TOKEN_MIN characters (checked in `Config`),
+so nobody publishes an admin API whose secret they never saw or can guess.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from pathlib import Path
 log = logging.getLogger("chatsrv.auth")
 
 TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_MIN = 16
+"""Characters an operator's `--admin-token` needs when the HTTP port listens beyond
+loopback (a generated token has 43)."""
 
 
 def is_loopback(host: str) -> bool:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .auth import is_loopback
+from .auth import ADMIN_TOKEN_MIN, is_loopback
 from .limits import Network, parse_networks
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -93,6 +93,10 @@ class Config:
             (self.http_port == 0 or self.admin_token is not None or is_loopback(self.http_host),
              f"--http-host {self.http_host} is not a loopback address: set --admin-token "
              "(or CHATSRV_ADMIN_TOKEN) before exposing the admin API"),
+            (self.http_port == 0 or self.admin_token is None or is_loopback(self.http_host)
+             or len(self.admin_token) >= ADMIN_TOKEN_MIN,
+             f"--admin-token must be at least {ADMIN_TOKEN_MIN} characters when --http-host "
+             f"{self.http_host} is not a loopback address (e.g. `openssl rand -hex 32`)"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.workers == 1 or self.redis is not None,
              "--workers needs --redis (each worker is a node of the cluster)"),

@@ -253,6 +253,21 @@ def test_exposed_http_port_without_a_token_is_refused(tmp_path, host):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("token", ["x", "fifteen-chars15"])
+def test_exposed_http_port_with_a_short_token_is_refused(tmp_path, token):
+    result = _serve(tmp_path, "--http-host", "0.0.0.0", "--http-port", "1",
+                    env={"CHATSRV_ADMIN_TOKEN": token})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: --admin-token must be at least 16 characters when --http-host "
+                     "0.0.0.0 is not a loopback address (e.g. `openssl rand -hex 32`)"]
+
+
+def test_a_short_token_is_fine_on_loopback(make_http_server):
+    server = make_http_server(admin_token="x")
+    assert server.api.get(API + "/stats")[0] == 200
+
+
 def test_exposed_http_port_with_a_token_starts(make_http_server, tmp_path):
     server = make_http_server(http_host="0.0.0.0", admin_token="a-token-from-the-operator")
     assert server.http_url.startswith("http://0.0.0.0:")

@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,11 +27,11 @@ ADMIN = [str(Path(sys.executable).parent / "chatsrv-admin")]
 @pytest.fixture
 def admin(http_server):
     runner = CliRunner()
-    env = {k: None for k in os.environ if k.startswith("CHATSRV_")}
+    clean = {k: None for k in os.environ if k.startswith("CHATSRV_")}
 
     def run(*args: str, token: str | None = None):
-        base = ["--url", http_server.http_url, "--token", token or http_server.api.token]
-        return runner.invoke(app, [*base, *args], env=env)
+        env = {**clean, "CHATSRV_ADMIN_TOKEN": token or http_server.api.token}
+        return runner.invoke(app, ["--url", http_server.http_url, *args], env=env)
 
     return run
 
@@ -182,7 +184,12 @@ def test_script_exit_codes_and_one_line_errors(http_server, tmp_path):
          "error: no HTTP server at"),
     ]
     for args, code, start in cases:
-        result = script(*args)
+        env = {}
+        if "--token" in args:  # from the environment: on the command line it adds a warning
+            at = args.index("--token")
+            env["CHATSRV_ADMIN_TOKEN"] = args[at + 1]
+            args = args[:at] + args[at + 2:]
+        result = script(*args, env=env)
         assert result.returncode == code, (args, result.stdout, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(start), (args, result.stderr)
@@ -217,3 +224,62 @@ def test_top_stops_cleanly_on_ctrl_c(http_server):
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "Aborted" not in err
+
+
+# ---------------------------------------------------------------- the token stays home
+
+
+def test_token_on_the_command_line_warns(http_server):
+    result = script("--url", http_server.http_url, "--token", http_server.api.token, "stats")
+    assert result.returncode == 0
+    assert result.stderr.startswith("warning: --token on the command line is visible")
+    assert http_server.api.token not in result.stderr
+
+
+def test_token_file_option(http_server, tmp_path):
+    path = tmp_path / "tok"
+    path.write_text(http_server.api.token + "\n")
+    result = script("--url", http_server.http_url, "--token-file", str(path), "--json", "stats")
+    assert result.returncode == 0 and result.stderr == ""
+    result = script("--url", http_server.http_url, "--json", "stats",
+                    env={"CHATSRV_ADMIN_TOKEN_FILE": str(path)})
+    assert result.returncode == 0 and result.stderr == ""
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        location = getattr(self.server, "location", None)
+        self.send_response(302 if location else 200)
+        if location:
+            self.send_header("Location", location + self.path)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve_http(location: str | None = None) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    server.location = location  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_redirect_is_not_followed_with_the_token():
+    _Recorder.seen = []
+    elsewhere = _serve_http()
+    redirector = _serve_http(f"http://localhost:{elsewhere.server_port}")
+    try:
+        result = script("--url", f"http://127.0.0.1:{redirector.server_port}", "users",
+                        env={"CHATSRV_ADMIN_TOKEN": "the-secret-token-123"})
+    finally:
+        redirector.shutdown()
+        elsewhere.shutdown()
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the server answered HTTP 302 (redirect to ")
+    assert _Recorder.seen == [("/api/v1/users", "Bearer the-secret-token-123")]  # only --url's host
