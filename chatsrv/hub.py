@@ -298,6 +298,9 @@ class Hub:
         self.outbox: list[E.Event] | None = None  # what other nodes must hear, drained per turn
         self.remote_users: dict[str, RemoteUser] = {}
         self.unavailable = False  # Redis unreachable: commands needing it answer an error
+        # Redis unreachable and the public messages held for it at their limit
+        # (backplane/publisher.py HOLD_MAX): `public` answers an error, not a drop.
+        self.held_full = False
         # Replies that wait for Redis: ("history", user, group, count) reads, and
         # ("join", user, group, None) when this node must first follow the group.
         self.queries: list[Query] = []
@@ -774,6 +777,8 @@ class Hub:
         text = args[1]
         if P.has_control(text):
             raise ProtocolError(P.CONTROL_CHARS)
+        if self.held_full:
+            raise ProtocolError(P.CLUSTER_UNAVAILABLE)
         data = P.encode(P.public_prefix(group.name, user.name) + text)
         stats = self.stats
         stats.messages_public += 1

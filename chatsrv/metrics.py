@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from .server import ChatServer
 
 KINDS = ("public", "private")
-DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown")
+DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown",
+                      "replaced")
 REJECT_REASONS = ("full", "unauth", "per_ip", "rate")
 
 

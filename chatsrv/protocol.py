@@ -171,6 +171,9 @@ SERVER_BUSY = b"error: server busy, try again later\n"
 LOGIN_TIMEOUT = b"error: login timeout\n"
 SHUTTING_DOWN = b"* server shutting down\n"
 KICKED = b"* disconnected by an administrator\n"
+# The session lost its name to another connection (in a cluster: another node kept
+# it through an outage); disconnect reason `replaced`.
+REPLACED = b"* disconnected: logged in from another connection\n"
 BYE = "ok: bye"
 # Cluster mode (--redis): a command that needs Redis while it is unreachable.
 CLUSTER_UNAVAILABLE = "error: cluster unavailable"

@@ -490,8 +490,9 @@ class ChatServer:
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
 
-    def kick(self, name: str, local_only: bool = False) -> str | None:
-        """End a user's session (reason `kicked`); its display name, or None if unknown.
+    def kick(self, name: str, local_only: bool = False, replaced: bool = False) -> str | None:
+        """End a user's session (reason `kicked`, or `replaced`: another connection
+        has the name); its display name, or None if unknown.
 
         The name is free when this returns, as after `exit`: the logout happens
         here rather than when the session's greenlet next runs. A user of another
@@ -504,11 +505,11 @@ class ChatServer:
             return remote[0] if remote is not None else None
         user = session.user
         assert user is not None  # found through the hub's users: logged in
-        session.emit(P.KICKED)
+        session.emit(P.REPLACED if replaced else P.KICKED)
         self.flush()
         self.hub.logout(user)
         self.schedule_flush()  # the leave notices
-        session.abort("kicked")
+        session.abort("replaced" if replaced else "kicked")
         return user.name
 
 

@@ -199,6 +199,7 @@ class Listener:
 
     def _state(self, node: str, m: dict) -> None:
         self.hub.node_state(node, m["users"])
+        self.bp.publisher.heard(node)
 
     def _hello(self, node: str, m: dict) -> None:
         self.bp.post(E.State())

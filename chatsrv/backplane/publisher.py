@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import gevent
 from gevent.event import AsyncResult, Event
 
 from .. import protocol as P
@@ -37,6 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatsrv.backplane")
 
 SUBSCRIBE_WAIT_S = 2.0
+# Public messages held while Redis is away, sent in order when it is back: at most
+# this many, and this many bytes of delivery lines (what a node may hold for the
+# others through an outage). Past either, a `public` answers `error: cluster
+# unavailable` until the held ones are sent: never a silent drop.
+HOLD_MAX = 10_000
+HOLD_BYTES = 8 << 20
+# After this node is registered again, the held messages wait until every other
+# node with users has published its state (it is subscribed again then: it
+# subscribes before it registers, or it answered our `hello`), at most this long.
+HOLD_WAIT_S = 10.0
 
 
 class Batch:
@@ -85,6 +96,11 @@ class Publisher:
             E.Raw: self._raw,
             E.State: self._state,
         }
+        # Public messages Redis did not take (an outage), oldest first: see HOLD_MAX.
+        self.held: list[E.Public] = []
+        self.held_bytes = 0
+        self.held_waiting: set[str] = set()  # nodes not heard from since we are back
+        self.held_deadline = 0.0
         # The group a first local member makes this node subscribe to before publishing.
         self._follows: dict[type, Callable[[Any], Group | None]] = {
             E.Join: lambda e: e.group,
@@ -98,11 +114,14 @@ class Publisher:
             bp.woken.wait()
             bp.woken.clear()
             items = hub.outbox
-            if not items:
+            if not items and not self.held:
                 continue
             hub.outbox = []
             try:
-                self.publish(items)
+                if items:
+                    self.publish(items)
+                if self.held and self._held_due():
+                    self._send_held()
             except Exception:
                 log.exception("backplane publisher error")
 
@@ -122,6 +141,11 @@ class Publisher:
         if self.hub.unavailable:
             self._drop(items)
             return
+        if self.held:  # newer messages wait behind the held ones: one order
+            self._hold(items)
+            items = [item for item in items if type(item) is not E.Public]
+            if not items:
+                return
         self._subscribe_first(items)
         batch = Batch(self.bp.redis.pipeline(transaction=False))
         queue = self.queue
@@ -145,6 +169,12 @@ class Publisher:
                 claim.result.set_exception(ClusterUnavailable(str(err)))
             for _, result in batch.reads:
                 result.set_exception(ClusterUnavailable(str(err)))
+            # Whether Redis took these before it failed is unknown (a paused Redis
+            # runs what it had read when it resumes): sent again, a message could
+            # arrive twice, so their senders are told instead.
+            for item in items:
+                if type(item) is E.Public:
+                    self._tell_sender(cast("E.Public", item))
             self.bp.stats.dropped += len(items)
             return
         stats = self.bp.stats
@@ -263,13 +293,65 @@ class Publisher:
             claim.settle()
 
     def _drop(self, items: list[E.Event]) -> None:
-        """Redis is away: what other nodes should have heard is lost (the re-sync
-        after the outage restores users and memberships; messages are gone)."""
+        """Redis is away: public messages are held for later (`_hold`); the rest of
+        what other nodes should have heard is lost (the re-sync after the outage
+        restores users and memberships)."""
         for item in items:
             fail = _DROPPED.get(type(item))
             if fail is not None:
                 fail(item)
-        self.bp.stats.dropped += len(items)
+        self.bp.stats.dropped += len(items) - self._hold(items)
+
+    def _hold(self, items: list[E.Event]) -> int:
+        """Keep the public messages of `items`, in order, for when Redis is back;
+        a sender whose message finds the buffer full is told. Returns how many
+        were held."""
+        held = 0
+        hub = self.hub
+        for item in items:
+            if type(item) is not E.Public:
+                continue
+            event = cast("E.Public", item)
+            size = len(event.data) + len(event.text)
+            if len(self.held) < HOLD_MAX and self.held_bytes + size <= HOLD_BYTES:
+                self.held.append(event)
+                self.held_bytes += size
+                held += 1
+                continue
+            hub.held_full = True  # the next `public` is refused at once (Hub.handle_public)
+            self._tell_sender(event)
+        return held
+
+    def _tell_sender(self, event: E.Public) -> None:
+        """A public message reached this node's members only: its sender hears so."""
+        hub = self.hub
+        user = hub.users.get(P.name_key(event.sender))
+        if user is not None:
+            hub.reply(user, P.CLUSTER_UNAVAILABLE)
+            self.bp.server.schedule_flush()
+
+    def heard(self, node: str) -> None:
+        """`node` published its state: it follows its groups' channels again."""
+        if self.held_waiting:
+            self.held_waiting.discard(node)
+            if not self.held_waiting:
+                self.bp.wake()
+
+    def _held_due(self) -> bool:
+        return not self.hub.unavailable and (
+            not self.held_waiting or time.monotonic() >= self.held_deadline)
+
+    def _send_held(self) -> None:
+        """Registered again: the held public messages go first, in order (those of
+        groups deleted meanwhile are left out)."""
+        held, self.held, self.held_bytes = self.held, [], 0
+        self.held_waiting = set()
+        self.hub.held_full = False
+        groups = self.hub.groups
+        held = [e for e in held if groups.get(e.group.key) is e.group]
+        if held:
+            log.info("sending %d public messages held through the outage", len(held))
+            self._send(cast("list[E.Event]", held))
 
     def _subscribe_first(self, items: list[E.Event]) -> None:
         """A node follows a group's channel while it has local members. A join (or a
@@ -333,10 +415,16 @@ class Publisher:
                 done.set_exception(ClusterUnavailable(str(err)))
             return
         bp.recovered()
+        if self.held:
+            self.held_waiting = {u.node for u in self.hub.remote_users.values()}
+            self.held_deadline = time.monotonic() + HOLD_WAIT_S
+            gevent.spawn_later(HOLD_WAIT_S, bp.wake)
+            if not self.held_waiting:
+                self._send_held()
         for user in conflicts:
             log.warning("user %s: name taken by another node during the outage; disconnecting",
                         user.name)
-            bp.server.kick(user.name, local_only=True)
+            bp.server.kick(user.name, local_only=True, replaced=True)
         if done is not None:
             done.set(True)
 

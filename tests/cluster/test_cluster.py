@@ -325,3 +325,80 @@ def test_deleting_a_group_on_one_node_deletes_it_on_every_node(redis_server,  # 
     assert alice.request("join ops") == "ok: joined group ops"
     assert alice.request("history ops") == "ok: end of history ops"
     assert b.api.call("DELETE", "/api/v1/groups/general")[0] == 400
+
+
+def test_a_node_back_from_a_pause_hands_the_name_over(redis_server, make_server,  # noqa: F811
+                                                      login):
+    """Node a stops (SIGSTOP) past its TTL: b reaps it, and the name alice is taken on b.
+    When a runs again it registers its users again and loses alice to b: alice on a
+    hears why, rather than a kick no administrator made."""
+    a, b = cluster(make_server, redis_server, 2)
+    alice = login(a, "alice")
+    bob = login(b, "bob")
+    alice.read_until(lambda x: x == "* bob joined the group General")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        until(bob, "users", lambda r: r == "users: bob", wait=30)  # a was reaped
+        login(b, "alice")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    seen = alice.read_until(lambda x: x.startswith("* disconnected"))
+    assert seen[-1] == "* disconnected: logged in from another connection"
+    assert alice.closed()
+    assert "reason=replaced" in a.log()
+
+
+def test_public_messages_sent_during_an_outage_arrive_when_redis_is_back(
+        redis_server, make_server, login):  # noqa: F811
+    """Never a silent drop: what alice says while Redis is away reaches bob on the
+    other node, in order, once both nodes are registered again."""
+    a, b = cluster(make_server, redis_server, 2)
+    alice = login(a, "alice")
+    carol = login(a, "carol")
+    bob = login(b, "bob")
+    for client in (alice, carol):
+        client.read_until(lambda x: x == "* bob joined the group General")
+    redis_server.stop()
+    until(alice, "users", lambda r: r == "error: cluster unavailable")
+    alice.send("\n".join(f"public General held {i}" for i in range(30)))
+    carol.read_until(lambda x: x == "[public group General from alice] held 29")
+    redis_server.start()  # empty: both nodes register again, each in its own time
+    got = bob.read_until(lambda x: x == "[public group General from alice] held 29", limit=200)
+    held = [x for x in got if x.startswith("[public group General from alice] held ")]
+    assert held == [f"[public group General from alice] held {i}" for i in range(30)]
+    # ... and alice was told nothing failed: her next reply is the pong.
+    alice.send("ping")
+    assert alice.read_until(lambda x: not x.startswith(("* ", "[")))[-1] == "ok: pong"
+    alice.send("history General 30")
+    lines = alice.read_until(lambda x: x.startswith("ok: end of history"))
+    assert [m.group(3) for m in map(HISTORY.match, lines) if m] == [f"held {i}" for i in range(30)]
+
+
+def test_redis_paused_no_public_message_is_dropped_silently(redis_server,  # noqa: F811
+                                                            make_server, login):
+    """Redis stopped with SIGSTOP: a message in flight when the node gives up on
+    Redis either arrives or its sender hears `error: cluster unavailable`; the
+    messages sent while the node knows Redis is away all arrive, in order, once."""
+    a, b = cluster(make_server, redis_server, 2)
+    alice = login(a, "alice")
+    bob = login(b, "bob")
+    alice.read_until(lambda x: x == "* bob joined the group General")
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        alice.send("public General in flight")
+        deadline = time.monotonic() + 30
+        while "cluster unavailable: Redis" not in a.log():
+            assert time.monotonic() < deadline, "node a never noticed"
+            time.sleep(0.05)
+        alice.send("\n".join(f"public General held {i}" for i in range(20)))
+        alice.sync()  # they ran
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    got = bob.read_until(lambda x: x == "[public group General from alice] held 19", limit=500)
+    said = [x.split("] ", 1)[1] for x in got if x.startswith("[public group General from alice]")]
+    held = [x for x in said if x.startswith("held ")]
+    assert held == [f"held {i}" for i in range(20)]
+    alice.send("ping")
+    told = alice.read_until(lambda x: x == "ok: pong")
+    assert "in flight" in said or "error: cluster unavailable" in told

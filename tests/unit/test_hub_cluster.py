@@ -148,3 +148,29 @@ def test_unavailable_cluster_refuses_what_needs_it(hub, alice):
     hub.handle(alice, "public General still local")  # local chat goes on
     hub.handle(alice, "ping")
     assert lines(alice) == ["ok: pong"]
+
+
+def test_public_messages_held_through_an_outage_are_bounded_and_never_dropped_silently(
+        hub, alice, monkeypatch):
+    """The publisher's hold buffer (backplane/publisher.py) with a real hub: past its
+    limit the sender hears `error: cluster unavailable`, at once for the next ones."""
+    from types import SimpleNamespace
+
+    from chatsrv.backplane import publisher as pub
+
+    monkeypatch.setattr(pub, "HOLD_MAX", 3)
+    flushes = []
+    bp = SimpleNamespace(hub=hub, server=SimpleNamespace(schedule_flush=lambda: flushes.append(1)),
+                         stats=SimpleNamespace(dropped=0), node="n0")
+    publisher = pub.Publisher(bp)
+    hub.unavailable = True
+    for i in range(4):
+        hub.handle(alice, f"public General m{i}")
+    items, hub.outbox = hub.outbox, []
+    publisher._drop(items)
+    assert [e.text for e in publisher.held] == ["m0", "m1", "m2"]
+    assert lines(alice) == ["error: cluster unavailable"]  # m3: this node's members only
+    assert bp.stats.dropped == 1 and flushes
+    hub.handle(alice, "public General m4")  # refused before anyone gets it
+    assert lines(alice) == ["error: cluster unavailable"]
+    assert not hub.outbox
