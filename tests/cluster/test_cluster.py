@@ -345,7 +345,6 @@ def test_a_node_back_from_a_pause_hands_the_name_over(redis_server, make_server,
     seen = alice.read_until(lambda x: x.startswith("* disconnected"))
     assert seen[-1] == "* disconnected: logged in from another connection"
     assert alice.closed()
-    assert "reason=replaced" in a.log()
 
 
 def test_public_messages_sent_during_an_outage_arrive_when_redis_is_back(
@@ -391,8 +390,8 @@ def test_redis_paused_no_public_message_is_dropped_silently(redis_server,  # noq
         while "cluster unavailable: Redis" not in a.log():
             assert time.monotonic() < deadline, "node a never noticed"
             time.sleep(0.05)
-        alice.send("\n".join(f"public General held {i}" for i in range(20)))
-        alice.sync()  # they ran
+        alice.send("\n".join(f"public General held {i}" for i in range(20)) + "\nping")
+        told = alice.read_until(lambda x: x == "ok: pong")  # they ran
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
     got = bob.read_until(lambda x: x == "[public group General from alice] held 19", limit=500)
@@ -400,5 +399,5 @@ def test_redis_paused_no_public_message_is_dropped_silently(redis_server,  # noq
     held = [x for x in said if x.startswith("held ")]
     assert held == [f"held {i}" for i in range(20)]
     alice.send("ping")
-    told = alice.read_until(lambda x: x == "ok: pong")
+    told += alice.read_until(lambda x: x == "ok: pong")
     assert "in flight" in said or "error: cluster unavailable" in told
