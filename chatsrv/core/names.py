@@ -98,15 +98,35 @@ def _prototypes() -> dict[str, str]:
 _PROTO = _prototypes()
 
 
+_TABLE_MAX = len(_PROTO) + 50_000
+
+
+class _Table(dict[int, "str | None"]):
+    """The `str.translate` table of `skeleton`: default-ignorables removed, confusable
+    sources to their prototypes. The prototypes are loaded; any other code point
+    is added the first time a name holds it (removed if default-ignorable, else
+    kept as it is), up to `_TABLE_MAX` entries (a few MB); past that, LookupError,
+    which `translate` takes as "keep it" (slower, same result)."""
+
+    def __missing__(self, cp: int) -> str | None:
+        value = None if _UCD.default_ignorable(cp) else chr(cp)
+        if len(self) < _TABLE_MAX:
+            self[cp] = value
+        elif value is not None:
+            raise LookupError(cp)
+        return value
+
+
+_TABLE = _Table({ord(k): v for k, v in _PROTO.items()})
+
+
 def skeleton(name: str) -> str:
     """The key under which look-alike names collide (see the module's doc)."""
     # NFKC first (as identifier comparison does, NFKC_Casefold): the fullwidth and
     # mathematical forms that confusables.txt does not list are compatibility
     # variants of the plain letter.
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name).casefold())
-    kept = "".join(ch for ch in folded if not _UCD.default_ignorable(ord(ch)))
-    mapped = "".join(_PROTO.get(ch, ch) for ch in kept)
-    return unicodedata.normalize("NFD", mapped).casefold()
+    return unicodedata.normalize("NFD", folded.translate(_TABLE)).casefold()
 
 
 def invisible(name: str) -> bool:

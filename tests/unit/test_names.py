@@ -56,3 +56,15 @@ def test_bad_text(char):
 
 def test_zwnj_zwj_and_tab_stay_allowed():
     assert not bad_text("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \U0001f469\u200d\U0001f4bb\tx")
+
+
+def test_skeleton_is_the_same_once_its_table_is_full(monkeypatch):
+    from chatsrv.core import names
+
+    want = {n: skeleton(n) for n in ["\u0dc3\u0dd2\u0d82\u0dc4\u0dbd", "a\u2060b", "\u0430lice"]}
+    monkeypatch.setattr(names, "_TABLE_MAX", 0)
+    for cp in [cp for cp in names._TABLE if chr(cp) not in names._PROTO]:
+        del names._TABLE[cp]  # only the prototypes left, and nothing more may be cached
+    assert {n: skeleton(n) for n in want} == want
+    assert skeleton("\U00010400x") == skeleton("\U00010428X")  # Deseret: case folded
+    assert all(chr(cp) in names._PROTO for cp in names._TABLE)
