@@ -408,6 +408,9 @@ class Publisher:
         """Register this node and all its local users and groups again, atomically:
         after start-up, an outage, or being reaped while alive (a long pause)."""
         bp = self.bp
+        # Nodes with users before this registration: the held messages wait for them
+        # (registering may drop one that has not registered again yet: see below).
+        peers = {u.node for u in self.hub.remote_users.values()}
         try:
             conflicts = self._register()
         except conn.ERRORS as err:
@@ -416,7 +419,7 @@ class Publisher:
             return
         bp.recovered()
         if self.held:
-            self.held_waiting = {u.node for u in self.hub.remote_users.values()}
+            self.held_waiting = peers | {u.node for u in self.hub.remote_users.values()}
             self.held_deadline = time.monotonic() + HOLD_WAIT_S
             gevent.spawn_later(HOLD_WAIT_S, bp.wake)
             if not self.held_waiting:

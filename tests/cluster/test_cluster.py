@@ -362,6 +362,7 @@ def test_public_messages_sent_during_an_outage_arrive_when_redis_is_back(
     alice.send("\n".join(f"public General held {i}" for i in range(30)))
     carol.read_until(lambda x: x == "[public group General from alice] held 29")
     redis_server.start()  # empty: both nodes register again, each in its own time
+    bob.sock.settimeout(30)  # reconnecting backs off up to 5 s, on a busy machine more
     got = bob.read_until(lambda x: x == "[public group General from alice] held 29", limit=200)
     held = [x for x in got if x.startswith("[public group General from alice] held ")]
     assert held == [f"[public group General from alice] held {i}" for i in range(30)]
