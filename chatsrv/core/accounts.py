@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import unicodedata
 from collections import deque
 from dataclasses import dataclass
 
@@ -61,8 +62,9 @@ class Account:
 
 
 def account_key(name: str) -> str:
-    """How accounts are looked up: names compare case-insensitively."""
-    return name.casefold()
+    """How accounts are looked up: names compare case-insensitively (the same key
+    as `protocol.name_key`, so an account and a user of one name meet)."""
+    return unicodedata.normalize("NFC", name.casefold())
 
 
 def password_problem(password: str) -> str | None:

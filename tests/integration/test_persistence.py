@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import Client
 
-from chatsrv.store.sqlite import DB_NAME, SqliteStore
+from chatsrv.store.sqlite import DB_NAME, SqliteStore, schema_version
 
 HISTORY_LINE = re.compile(
     r"\[history group (\S+) at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) from (\S+)\] (.*)"
@@ -303,7 +303,7 @@ def test_newer_schema_is_refused(make_server, tmp_path):
     db.close()
     code, output = serve_fails(tmp_path, "--data-dir", str(tmp_path / "data"))
     assert code == 1
-    assert "schema version 99 is newer than this chatsrv understands (1)" in output
+    assert f"schema version 99 is newer than this chatsrv understands ({schema_version()})" in output
 
 
 # --------------------------------------------------------------------- backup, restore

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import gevent
 import pytest
 
+from chatsrv.core.accounts import Account
 from chatsrv.hub import Hub
 from chatsrv.store import GroupRecord, MemoryStore, StoreError
 from chatsrv.store import sqlite as S
@@ -150,14 +152,62 @@ def test_forward_migration_runs_once(tmp_path, monkeypatch):
     extra = "ALTER TABLE groups ADD COLUMN topic TEXT NOT NULL DEFAULT ''"
     monkeypatch.setattr(S, "MIGRATIONS", (*S.MIGRATIONS, extra))
     store = SqliteStore(tmp_path / "data")
-    assert store.migrated_from == 1
+    current = len(S.MIGRATIONS) - 1
+    assert store.migrated_from == current
     store.create_group(GroupRecord("Dev", "a", 1.0))
     store.close()
-    again = SqliteStore(tmp_path / "data")  # version 2 now: nothing to do
-    assert again.migrated_from == 2
+    again = SqliteStore(tmp_path / "data")  # at the newest version now: nothing to do
+    assert again.migrated_from == current + 1
     columns = [row[1] for row in again.db.execute("PRAGMA table_info(groups)")]
     assert columns[-1] == "topic"
     again.close()
+
+
+def test_version_1_database_gains_accounts_and_keeps_its_data(tmp_path, monkeypatch):
+    """A database written before accounts existed (schema 1) migrates in place."""
+    with monkeypatch.context() as m:
+        m.setattr(S, "MIGRATIONS", S.MIGRATIONS[:1])
+        old = SqliteStore(tmp_path / "data")
+        old.load(10)
+        old.create_group(GroupRecord("Dev", "alice", 5.0))
+        old.append_history([("Dev", entries(3))], keep=10)
+        old.close()
+    store = SqliteStore(tmp_path / "data")
+    assert store.migrated_from == 1
+    groups = {g.record.name: g for g in store.load(10)}
+    assert [e[2] for e in groups["Dev"].history] == ["m0", "m1", "m2"]
+    assert store.load_accounts() == []
+    store.close()
+
+
+def test_accounts_round_trip_and_are_durable(tmp_path, store):
+    alice = Account("Alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA", 10.0)
+    assert store.add_account(alice)
+    assert not store.add_account(Account("ALICE", "$argon2id$other", 11.0))  # same key
+    changed = dataclasses.replace(alice, phc="$argon2id$new", generation=3, suspended=True)
+    store.put_account(changed)
+    store.record_logins([("alice", 42.5)])
+    assert store.add_account(Account("bob", "$argon2id$b", 12.0))
+    assert store.delete_account("bob")
+    assert not store.delete_account("bob")
+    key = store.token_key(b"k" * 32)
+    assert store.token_key(b"other" * 8) == key == b"k" * 32  # kept, not replaced
+    store.close()
+    again = SqliteStore(tmp_path / "data")
+    assert again.load_accounts() == [dataclasses.replace(changed, last_login=42.5)]
+    assert again.token_key(b"x" * 32) == b"k" * 32
+    again.close()
+
+
+def test_backup_carries_accounts(tmp_path, store):
+    store.add_account(Account("alice", "$argon2id$a", 1.0))
+    summary = backup(tmp_path / "data", tmp_path / "b.db")
+    assert summary.accounts == 1 and "1 accounts" in str(summary)
+    store.close()
+    restore(tmp_path / "other", tmp_path / "b.db")
+    moved = SqliteStore(tmp_path / "other")
+    assert [a.name for a in moved.load_accounts()] == ["alice"]
+    moved.close()
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -174,7 +224,7 @@ def test_backup_inspect_and_restore(tmp_path, store):
     store.create_group(GroupRecord("Dev", "alice", 5.0))
     store.append_history([("Dev", entries(4))], keep=10)
     summary = backup(tmp_path / "data", tmp_path / "b.db")  # while the store is open
-    assert (summary.groups, summary.messages, summary.version) == (2, 4, 1)
+    assert (summary.groups, summary.messages, summary.version) == (2, 4, S.schema_version())
     assert inspect(tmp_path / "b.db") == summary
     assert not (tmp_path / "b.db-wal").exists()  # a self-contained single file
     with pytest.raises(StoreError, match="in use by another process"):
