@@ -189,3 +189,210 @@ class LoginThrottle:
 
     def __len__(self) -> int:
         return len(self._failures) + len(self._until)
+
+
+# ------------------------------------------------------------------- the book
+
+
+class Mode:
+    """`--accounts`: the three modes of PROTOCOL.md v2."""
+
+    OFF = "off"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+    ALL = (OFF, OPTIONAL, REQUIRED)
+
+
+LOGIN_FAILED = "error: login failed"
+TOO_MANY_FAILURES = "error: too many failed logins"
+DISABLED = "error: accounts are disabled"
+NOT_LOGGED_IN = "error: not logged in to an account"
+WRONG_PASSWORD = "error: wrong password"
+
+
+def suspended_line(name: str) -> str:
+    return f"error: account suspended: {name}"
+
+
+def throttled_line(name: str) -> str:
+    return f"error: too many failed logins for {name}, try again later"
+
+
+def already_registered_line(name: str) -> str:
+    return f"error: already registered: {name}"
+
+
+def invalid_password_line(reason: str) -> str:
+    return f"error: invalid password: {reason}"
+
+
+def password_prompt(name: str) -> str:
+    return f"password for {name}:"
+
+
+# What `AccountBook.begin` / `checked` tell the login flow to do next.
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """Log in without an account (the v1 login)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class AskPassword:
+    """Send `password for <name>:` and read the next line as the secret."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckPassword:
+    """Run `verify(phc, password)` off the event loop, then call `checked`.
+    `account` is None for an unknown name in `required` mode: the flow verifies
+    against a dummy hash all the same, so the answer takes as long as for a real
+    account and does not reveal whether it exists."""
+
+    name: str
+    account: Account | None
+    phc: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    """The login succeeded; `how` is "password" or "token" (the metric's result)."""
+
+    account: Account
+    how: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Send `line`; `result` is the metric's result ("failed", "throttled", or "" for
+    a refusal that is not a failed login, such as a suspended account)."""
+
+    line: str
+    result: str
+
+
+LoginStep = Guest | AskPassword | CheckPassword | LoggedIn | Refused
+
+# The PHC string verified for names that are no account (required mode): real
+# parameters, so the time matches; no password matches it (any salt will do).
+DUMMY_PHC = (
+    "$argon2id$v=19$m=19456,t=2,p=1$ZHVtbXktc2FsdC1kdW1teQ$"
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+)
+
+
+class AccountBook:
+    """Every account, in memory, and the login decisions (PROTOCOL.md v2 Accounts).
+
+    The store keeps the accounts across restarts and the backplane across nodes;
+    both report into `put`/`drop`. No method blocks or hashes."""
+
+    def __init__(self, mode: str, token_key: bytes = b"", token_ttl: float = 30 * 86400.0,
+                 accounts: list[Account] | tuple[Account, ...] = ()) -> None:
+        if mode not in Mode.ALL:
+            raise ValueError(f"accounts mode must be one of {', '.join(Mode.ALL)}, not {mode!r}")
+        self.mode = mode
+        self.token_key = token_key
+        self.token_ttl = token_ttl
+        self.accounts: dict[str, Account] = {a.key: a for a in accounts}
+        self.throttle = LoginThrottle()
+
+    # -- the register of accounts
+
+    def get(self, name: str) -> Account | None:
+        return self.accounts.get(account_key(name))
+
+    def put(self, account: Account) -> None:
+        self.accounts[account.key] = account
+
+    def drop(self, key: str) -> Account | None:
+        self.throttle.forget(key)
+        return self.accounts.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.accounts)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != Mode.OFF
+
+    # -- login
+
+    def split(self, line: str) -> tuple[str, str | None]:
+        """The username prompt's line: `name` or the one-line `name secret` (the
+        first space separates them). With accounts off a space is just part of an
+        (invalid) name, as in version 1."""
+        if self.mode == Mode.OFF or " " not in line:
+            return line, None
+        name, secret = line.split(" ", 1)
+        return name, secret
+
+    def begin(self, name: str, secret: str | None, now: float) -> LoginStep:
+        """A valid, free name was given at the prompt, with or without a secret."""
+        if self.mode == Mode.OFF:
+            return Guest(name)
+        account = self.get(name)
+        if account is None and self.mode == Mode.OPTIONAL:
+            return Guest(name) if secret is None else Refused(LOGIN_FAILED, "failed")
+        if secret is None:
+            return AskPassword(name)
+        return self.secret(name, secret, now)
+
+    def secret(self, name: str, secret: str, now: float) -> LoginStep:
+        """The password (or token) for `name`, given on its own line or inline."""
+        account = self.get(name)
+        if account is not None and looks_like_token(secret):
+            if token_valid(self.token_key, account, secret, now):
+                if account.suspended:
+                    return Refused(suspended_line(name), "")
+                return LoggedIn(account, "token")
+            # Not a valid token: it may still be the password, tried below.
+        if account is not None and self.throttle.throttled(account.key, now):
+            return Refused(throttled_line(name), "throttled")
+        if account is None and self.mode == Mode.OPTIONAL:
+            return Refused(LOGIN_FAILED, "failed")
+        phc = DUMMY_PHC if account is None else account.phc
+        return CheckPassword(name, account, phc, secret)
+
+    def checked(self, check: CheckPassword, ok: bool, now: float) -> LoggedIn | Refused:
+        """The answer of the off-loop verification of `check`."""
+        account = check.account
+        if account is None:
+            return Refused(LOGIN_FAILED, "failed")
+        current = self.accounts.get(account.key)
+        if not ok or current is None or current.phc != account.phc \
+                or current.created_at != account.created_at:
+            # Wrong, or the account changed while the hash ran (deleted, password reset).
+            if current is not None:
+                self.throttle.failed(current.key, now)
+            return Refused(LOGIN_FAILED, "failed")
+        if current.suspended:
+            return Refused(suspended_line(check.name), "")
+        return LoggedIn(current, "password")
+
+    def mint(self, account: Account, now: float) -> str:
+        return mint_token(self.token_key, account, now, self.token_ttl)
+
+
+class LoginAttempts:
+    """One connection's failed logins: the third closes it."""
+
+    __slots__ = ("failures",)
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def refused(self, step: Refused) -> tuple[str, bool]:
+        """The line to send for a refusal and whether to close the connection after it."""
+        if step.result not in ("failed", "throttled"):
+            return step.line, False
+        self.failures += 1
+        if self.failures >= CONNECTION_FAILURES:
+            return TOO_MANY_FAILURES, True
+        return step.line, False

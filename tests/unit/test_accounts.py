@@ -13,8 +13,16 @@ from chatsrv.core.accounts import (
     ACCOUNT_FAILURES,
     ACCOUNT_WINDOW_S,
     COOL_OFF_S,
+    DUMMY_PHC,
     Account,
+    AccountBook,
+    AskPassword,
+    CheckPassword,
+    Guest,
+    LoggedIn,
+    LoginAttempts,
     LoginThrottle,
+    Refused,
     looks_like_token,
     mint_token,
     password_problem,
@@ -143,3 +151,98 @@ def test_argon2id_hash_verify_and_rehash():
     assert not passwords.needs_rehash(phc)
     weaker = "$argon2id$v=19$m=8192,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$" + "A" * 43
     assert passwords.needs_rehash(weaker)
+
+
+# ------------------------------------------------------------------ the account book
+
+def book(mode: str, *accounts: Account) -> AccountBook:
+    return AccountBook(mode, KEY, 30 * DAY, list(accounts))
+
+
+def test_dummy_hash_costs_like_a_real_one_and_matches_nothing():
+    assert not passwords.needs_rehash(DUMMY_PHC)  # today's parameters: same time
+    assert not passwords.verify_password(DUMMY_PHC, "correct-horse")
+
+
+def test_off_mode_is_version_1():
+    b = book("off", ALICE)
+    assert b.split("alice secret") == ("alice secret", None)  # an invalid name, as before
+    assert b.begin("alice", None, NOW) == Guest("alice")
+
+
+def test_optional_mode_guests_and_accounts():
+    b = book("optional", ALICE)
+    assert b.split("alice correct-horse") == ("alice", "correct-horse")
+    assert b.begin("bob", None, NOW) == Guest("bob")
+    assert b.begin("bob", "some-password", NOW) == Refused("error: login failed", "failed")
+    assert b.begin("alice", None, NOW) == AskPassword("alice")
+    step = b.begin("ALICE", "correct-horse", NOW)
+    assert step == CheckPassword("ALICE", ALICE, ALICE.phc, "correct-horse")
+    assert b.checked(step, True, NOW) == LoggedIn(ALICE, "password")
+    assert b.checked(step, False, NOW) == Refused("error: login failed", "failed")
+
+
+def test_required_mode_never_reveals_whether_an_account_exists():
+    b = book("required", ALICE)
+    assert b.begin("nobody", None, NOW) == AskPassword("nobody")
+    step = b.begin("nobody", "whatever-pw", NOW)
+    assert isinstance(step, CheckPassword) and step.account is None and step.phc == DUMMY_PHC
+    assert b.checked(step, True, NOW) == Refused("error: login failed", "failed")
+
+
+def test_token_login_and_token_shaped_password():
+    b = book("optional", ALICE)
+    token = b.mint(ALICE, NOW)
+    assert b.begin("alice", token, NOW + 1) == LoggedIn(ALICE, "token")
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert isinstance(b.begin("alice", forged, NOW + 1), CheckPassword)  # may be the password
+
+
+def test_throttle_blocks_passwords_not_tokens_and_expires():
+    b = book("optional", ALICE)
+    token = b.mint(ALICE, NOW)
+    for i in range(5):
+        step = b.begin("alice", "wrong-password", NOW + i)
+        assert isinstance(step, CheckPassword)
+        assert b.checked(step, False, NOW + i).result == "failed"
+    assert b.begin("alice", "correct-horse", NOW + 10) == Refused(
+        "error: too many failed logins for alice, try again later", "throttled")
+    assert b.begin("alice", token, NOW + 10) == LoggedIn(ALICE, "token")
+    assert isinstance(b.begin("alice", "correct-horse", NOW + 4 + COOL_OFF_S), CheckPassword)
+
+
+def test_suspended_account_after_the_right_secret_only():
+    suspended = dataclasses.replace(ALICE, suspended=True)
+    b = book("optional", suspended)
+    step = b.begin("alice", "correct-horse", NOW)
+    assert b.checked(step, False, NOW) == Refused("error: login failed", "failed")
+    assert b.checked(step, True, NOW) == Refused("error: account suspended: alice", "")
+    token = mint_token(KEY, suspended, NOW, DAY)
+    assert b.begin("alice", token, NOW) == Refused("error: account suspended: alice", "")
+
+
+def test_account_changed_while_hashing_fails_the_login():
+    b = book("optional", ALICE)
+    step = b.begin("alice", "correct-horse", NOW)
+    assert isinstance(step, CheckPassword)
+    b.put(dataclasses.replace(ALICE, phc="$argon2id$reset", generation=1))
+    assert b.checked(step, True, NOW) == Refused("error: login failed", "failed")
+    step = b.begin("alice", "correct-horse", NOW)
+    assert isinstance(step, CheckPassword)
+    b.drop(ALICE.key)
+    assert b.checked(step, True, NOW) == Refused("error: login failed", "failed")
+
+
+def test_third_failure_on_a_connection_closes_it():
+    attempts = LoginAttempts()
+    failed = Refused("error: login failed", "failed")
+    assert attempts.refused(Refused("error: account suspended: a", "")) == (
+        "error: account suspended: a", False)
+    assert attempts.refused(failed) == ("error: login failed", False)
+    assert attempts.refused(failed) == ("error: login failed", False)
+    assert attempts.refused(failed) == ("error: too many failed logins", True)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="off, optional, required"):
+        AccountBook("maybe")
