@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from .server import ChatServer
 
 KINDS = ("public", "private")
-DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown")
+DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown",
+                      "replaced", "login_failed")
+LOGIN_RESULTS = ("guest", "password", "token", "failed", "throttled")
 REJECT_REASONS = ("full", "unauth", "per_ip", "rate")
 
 
@@ -94,7 +96,13 @@ class ChatCollector(Collector):
         yield _gauge("chatsrv_limited_addresses",
                      "Client addresses with per-address limit state (open connections, "
                      "or a connect-rate bucket still refilling).", len(server.limits.entries))
-        yield _counter("chatsrv_logins", "Successful logins.", stats.logins)
+        logins = dict.fromkeys(LOGIN_RESULTS, 0)
+        logins.update(server.logins)
+        yield _labelled(CounterMetricFamily, "chatsrv_logins",
+                        "Login attempts by result: guest, password, token (logged in), "
+                        "failed, throttled, refused (e.g. a suspended account).", "result",
+                        logins)
+        yield _gauge("chatsrv_accounts", "Accounts (--accounts).", len(server.accounts))
         yield _counter("chatsrv_notices", "Join/leave notice lines queued to receivers.",
                        stats.notices)
         yield _counter("chatsrv_announcements", "Administrator announcements sent.",

@@ -168,6 +168,7 @@ SERVER_BUSY = b"error: server busy, try again later\n"
 LOGIN_TIMEOUT = b"error: login timeout\n"
 SHUTTING_DOWN = b"* server shutting down\n"
 KICKED = b"* disconnected by an administrator\n"
+REPLACED = b"* disconnected: logged in from another connection\n"
 BYE = "ok: bye"
 # Cluster mode (--redis): a command that needs Redis while it is unreachable.
 CLUSTER_UNAVAILABLE = "error: cluster unavailable"

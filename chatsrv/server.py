@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import resource
 import signal
 import socket
@@ -23,6 +24,7 @@ from . import protocol as P
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
+from .core.accounts import Account, AccountBook
 from .createrate import CreateRate
 from .http import AdminHTTP
 from .hub import (
@@ -39,6 +41,7 @@ from .hub import (
 )
 from .limits import PER_IP, RATE, AddressLimits, address_key
 from .net.acceptor import Acceptor, listening_socket
+from .net.hashing import Hasher
 from .net.session import Session
 from .net.sockio import SockIO
 from .net.tls import TlsChannel
@@ -49,7 +52,7 @@ log = logging.getLogger("chatsrv.server")
 
 # Sessions ending for these reasons get their last lines flushed (bounded by
 # the grace period); the others have a dead or hopeless socket.
-GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown"})
+GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown", "replaced", "login_failed"})
 
 # The line a refused connection gets, by `chatsrv_connections_rejected_total` reason.
 REFUSAL_LINES = {
@@ -161,6 +164,12 @@ class ChatServer:
         self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
         self._sweeper: Any | None = None  # a gevent timer (gevent has no types)
         self.disconnects: Counter[str] = Counter()
+        # Accounts (PROTOCOL.md v2): all in memory, loaded in `load`; hashing runs
+        # on the hasher's threads, never on the loop.
+        self.accounts = AccountBook(config.accounts, token_ttl=config.token_ttl)
+        self.hasher = Hasher()
+        self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
+        self._last_logins: dict[str, float] = {}  # account key -> time, written by _sweep
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
@@ -189,6 +198,11 @@ class ChatServer:
                               group.history, group.total)
         hub.restored()
         self.writer.ends = {group.key: group.seq for group in hub.groups.values()}
+        if self.accounts.enabled:
+            for account in self.store.load_accounts():
+                self.accounts.put(account)
+            self.accounts.token_key = self.store.token_key(os.urandom(32))
+            log.info("accounts %s: %d accounts", self.config.accounts, len(self.accounts))
         log.info("store %s: %d groups, %d history messages loaded (%.1f MiB of "
                  "--history-memory %.1f MiB) in %.2f s", self.store.describe(), len(loaded),
                  sum(len(g.history) for g in hub.groups.values()), hub.history_bytes / 2**20,
@@ -258,6 +272,7 @@ class ChatServer:
     def close_store(self, timeout: float | None = None) -> None:
         """Write the history still unsaved, close the store and free the data directory
         (within `timeout` seconds, whatever the disk does)."""
+        self.save_last_logins()
         try:
             self.writer.close(timeout)
         except Exception as err:
@@ -316,8 +331,17 @@ class ChatServer:
     def _sweep(self) -> None:
         try:
             self.limits.purge()
+            self.accounts.throttle.sweep(time.time())
+            self.save_last_logins()
         except Exception:
             log.exception("server error sweeping per-address state")
+
+    def save_last_logins(self) -> None:
+        """Accounts' last logins, batched (every sweep and at shutdown), not fsynced."""
+        if self._last_logins:
+            batch = list(self._last_logins.items())
+            self._last_logins.clear()
+            self.writer.submit(self.store.record_logins, batch)
 
     def _release(self, key: str | None, logged_in: bool) -> None:
         """An admitted connection ended: give back what `admit` counted."""
@@ -386,10 +410,30 @@ class ChatServer:
             self.backplane.abandon(name)
             raise
 
-    def session_logged_in(self, session: Session) -> None:
+    def session_logged_in(self, session: Session, how: str = "guest",
+                          account: Account | None = None) -> None:
         self.unauth -= 1
         assert session.user is not None  # the session has just logged in
-        log.info("login id=%d user=%s", session.id, session.user.name)
+        self.logins[how] += 1
+        if account is not None:
+            self._last_logins[account.key] = time.time()
+        log.info("login id=%d user=%s as=%s", session.id, session.user.name, how)
+
+    def login_result(self, result: str) -> None:
+        """A refused login: `failed`, `throttled` or another refusal (`refused`)."""
+        self.logins[result] += 1
+
+    def replace_session(self, name: str) -> None:
+        """A login to an account ends the older session of that name (a dead laptop,
+        a second tab): it hears why, and the name is free when this returns."""
+        session = self.find_session(name)
+        if session is None or session.user is None:
+            return
+        session.emit(P.REPLACED)
+        self.flush()
+        self.hub.logout(session.user)
+        self.schedule_flush()
+        session.abort("replaced")
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)

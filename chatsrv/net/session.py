@@ -31,6 +31,7 @@ import gevent
 from gevent import Timeout
 
 from .. import protocol as P
+from ..core import accounts as A
 from ..core import framing
 from ..core.framing import LEGACY_SILENCE_S, FramingError
 from ..hub import LoginRefused, User
@@ -80,12 +81,26 @@ class LoginTimeout(Exception):
     pass
 
 
+class _Login:
+    """A connection's login exchange: its failed attempts and, after the password
+    prompt, the name whose password the next line is."""
+
+    __slots__ = ("attempts", "waiting")
+
+    def __init__(self) -> None:
+        self.attempts = A.LoginAttempts()
+        self.waiting: str | None = None
+
+    def refused(self, step: A.Refused) -> tuple[str, bool]:
+        return self.attempts.refused(step)
+
+
 class Session:
     __slots__ = (
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes",
+        "silence", "held", "held_bytes", "login",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -127,6 +142,9 @@ class Session:
         # an idle session should not pay for an empty one).
         self.held: list[bytes] | None = None
         self.held_bytes = 0
+        # The login exchange with accounts (failures so far, the name waiting for
+        # its password); dropped at login, so a logged-in session does not pay for it.
+        self.login: _Login | None = None
 
     # ------------------------------------------------------------ output
 
@@ -308,9 +326,11 @@ class Session:
                         gevent.sleep(delay)
                     elif i % LOGIN_YIELD_EVERY == LOGIN_YIELD_EVERY - 1:
                         gevent.sleep(LOGIN_YIELD_S)
-                    if self._try_login(line, max_line):
+                    done = self._try_login(line, max_line)
+                    if done:
                         return lines[i + 1:]
-                    self.write(P.PROMPT)
+                    if done is not None:  # None: the password prompt was sent instead
+                        self.write(P.PROMPT)
                 gevent.sleep(LOGIN_YIELD_S)
 
     def _read_login_lines(self, recv, max_line: int) -> list[bytes]:
@@ -338,16 +358,73 @@ class Session:
         n = self.sock.recv_into(_RECV_BUF, size)
         return _RECV_VIEW[:n].tobytes()
 
-    def _try_login(self, line: bytes, max_line: int) -> bool:
+    def _try_login(self, line: bytes, max_line: int) -> bool | None:
+        """One line at the prompt: True once logged in, False to prompt again, None
+        when the password prompt was sent (the next line is the password)."""
         text = self._decode(line, max_line)
         if text is None:
+            if self.login is not None:
+                self.login.waiting = None  # back to the username prompt
             return False
+        book = self.server.accounts
+        if not book.enabled:
+            return self._guest_login(text)
+        state = self.login
+        if state is None:
+            state = self.login = _Login()
+        now = time.time()
+        waiting = state.waiting
+        if waiting is not None:
+            state.waiting = None
+            step = book.secret(waiting, text.strip(P.SEPARATORS), now)
+        else:
+            name, secret = book.split(text.strip(P.SEPARATORS))
+            nfc = P.normalize(name.strip(P.SEPARATORS))
+            problem = P.name_problem(nfc)
+            if problem is not None:
+                self.write(P.encode(P.invalid_username(problem)))
+                return False
+            step = book.begin(nfc, secret, now)
+        if isinstance(step, A.AskPassword):
+            state.waiting = step.name
+            self.write(P.encode(A.password_prompt(step.name)))
+            return None
+        if isinstance(step, A.CheckPassword):
+            ok = self.server.hasher.verify(step.phc, step.password)
+            step = book.checked(step, ok, time.time())
+        if isinstance(step, A.Guest):
+            return self._guest_login(step.name)
+        if isinstance(step, A.Refused):
+            reply, close = state.refused(step)
+            self.server.login_result(step.result or "refused")
+            self.write(P.encode(reply))
+            if close:
+                raise SessionEnd("login_failed")
+            return False
+        return self._account_login(step)
+
+    def _guest_login(self, text: str) -> bool:
         try:
             self.user = self.server.login(text, self)
         except LoginRefused as refused:
             self.write(P.encode(str(refused)))
             return False
-        self.server.session_logged_in(self)
+        self.login = None
+        self.server.session_logged_in(self, "guest")
+        return True
+
+    def _account_login(self, step: A.LoggedIn) -> bool:
+        """The account's password or token was right: its older session, if any,
+        ends (reason `replaced`) and this one takes the name at once."""
+        account = step.account
+        self.server.replace_session(account.name)
+        try:
+            self.user = self.server.login(account.name, self)
+        except LoginRefused as refused:  # a guest of this name on another node
+            self.write(P.encode(str(refused)))
+            return False
+        self.login = None
+        self.server.session_logged_in(self, step.how, account)
         return True
 
     # ------------------------------------------------------------ parked reading

@@ -214,6 +214,29 @@ class StoreWriter:
             log.error("history write failed (%d messages pending, retrying every flush): %s",
                       pending, err)
 
+    # ------------------------------------------------------------ accounts and other calls
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the writer thread, after everything submitted before;
+        the calling greenlet waits (nobody else does). Exceptions are re-raised here."""
+        if self.pool is None:
+            return fn(*args)
+        return self.pool.apply(self._job, (fn, *args))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the writer thread without waiting; a failure is logged."""
+        if self.pool is None:
+            fn(*args)
+            return
+        job = self.pool.spawn(self._job, fn, *args)
+        job.rawlink(self._log_failure)
+
+    @staticmethod
+    def _log_failure(job: Any) -> None:
+        exc = job.exception
+        if exc is not None:
+            log.error("store: background write failed: %s", exc)
+
     # ------------------------------------------------------------ groups
 
     def delete_group(self, group: Group) -> None:

@@ -1,0 +1,185 @@
+"""Accounts over real sockets (PROTOCOL.md v2, "Accounts"): the login exchange.
+
+Accounts are put in the data directory's store before the server starts (the
+same SQLite file and argon2id hashes the server writes itself)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chatsrv import passwords
+from chatsrv.core.accounts import Account
+from chatsrv.store.sqlite import SqliteStore
+
+PROMPT = "enter a username:"
+FAILED = "error: login failed"
+
+
+def seed(tmp_path, *accounts: tuple[str, str], suspended: tuple[str, ...] = ()) -> None:
+    store = SqliteStore(tmp_path / "data")
+    store.load(10)
+    for name, password in accounts:
+        store.add_account(Account(name, passwords.hash_password(password), time.time(),
+                                  suspended=name in suspended))
+    store.close()
+
+
+@pytest.fixture
+def accounts_server(tmp_path, make_server):
+    seed(tmp_path, ("alice", "correct-horse"), ("Zoë", "pässwörd-ok"), ("mallory", "s3cret-pw"),
+         suspended=("mallory",))
+
+    def start(mode: str = "optional", **options):
+        return make_server(rate_limit=0, accounts=mode, **options)
+
+    return start
+
+
+def logged(server, text: str, timeout: float = 5.0) -> bool:
+    """Whether `text` shows in the server's log within `timeout` (it is written
+    just after the close the client saw)."""
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def welcome(client, name: str) -> None:
+    client.expect(f"connected! welcome {name}", "you joined the group General")
+
+
+def test_password_prompt_then_welcome(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("alice")
+    client.expect("password for alice:")
+    client.send("correct-horse")
+    welcome(client, "alice")
+    assert client.request("ping") == "ok: pong"
+
+
+def test_one_line_form_and_case_insensitive_name(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("ZOË pässwörd-ok")
+    welcome(client, "Zoë")  # the account's name as first written
+
+
+def test_guests_unchanged_in_optional_mode(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("bob")
+    welcome(client, "bob")
+    other = connect(server)
+    other.expect(PROMPT)
+    other.send("carol some-password")  # a password for a name that is no account
+    other.expect(FAILED, PROMPT)
+
+
+def test_wrong_password_then_prompt_and_third_failure_closes(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("alice")
+    client.expect("password for alice:")
+    client.send("wrong-horse")
+    client.expect(FAILED, PROMPT)
+    client.send("alice also-wrong")
+    client.expect(FAILED, PROMPT)
+    client.send("alice still-wrong")
+    client.expect("error: too many failed logins")
+    assert client.closed()
+    assert logged(server, "reason=login_failed")
+
+
+def test_suspended_account(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("mallory s3cret-pw")
+    client.expect("error: account suspended: mallory", PROMPT)
+
+
+def test_required_mode_asks_every_name_for_a_password(accounts_server, connect):
+    server = accounts_server("required")
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("nobody")
+    client.expect("password for nobody:")  # whether the account exists is not revealed
+    client.send("whatever-pw")
+    client.expect(FAILED, PROMPT)
+    client.send("alice correct-horse")
+    welcome(client, "alice")
+
+
+def test_accounts_off_is_version_1(accounts_server, connect):
+    server = accounts_server("off")
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("al ice")
+    assert client.read_line().startswith("error: invalid username:")
+    client.expect(PROMPT)
+    client.send("alice")  # an account's name, but accounts are off: a guest
+    welcome(client, "alice")
+
+
+def test_login_replaces_the_older_session(accounts_server, connect):
+    server = accounts_server()
+    watcher = connect(server)
+    watcher.expect(PROMPT)
+    watcher.send("bob")
+    welcome(watcher, "bob")
+    old = connect(server)
+    old.expect(PROMPT)
+    old.send("alice correct-horse")
+    welcome(old, "alice")
+    watcher.expect("* alice joined the group General")
+    new = connect(server)
+    new.expect(PROMPT)
+    new.send("alice correct-horse")
+    welcome(new, "alice")
+    old.expect("* disconnected: logged in from another connection")
+    assert old.closed()
+    watcher.expect("* alice left the group General", "* alice joined the group General")
+    assert new.request("users").count("alice") == 1
+    assert logged(server, "reason=replaced")
+
+
+def test_a_guest_holding_an_account_name_is_replaced(tmp_path, make_server, connect):
+    """A guest took `dana` before the account existed; the account's owner wins."""
+    server = make_server(rate_limit=0, accounts="optional")
+    guest = connect(server)
+    guest.expect(PROMPT)
+    guest.send("dana")
+    welcome(guest, "dana")
+    server.stop()
+    seed(tmp_path, ("dana", "danas-password"))
+    server = make_server(rate_limit=0, accounts="optional")
+    guest = connect(server)
+    guest.expect(PROMPT)
+    guest.send("dana")
+    guest.expect("password for dana:")
+
+
+def test_logins_metric_by_result(accounts_server, connect, tmp_path):
+    from conftest import Api, free_port
+
+    port = free_port()
+    server = accounts_server(http_port=port, admin_token="t" * 20)
+    for line in ("alice correct-horse", "bob", "alice wrong-horse"):
+        client = connect(server)
+        client.expect(PROMPT)
+        client.send(line)
+        client.read_line()
+    api = Api(f"http://127.0.0.1:{port}", "t" * 20)
+    text = api.metrics()
+    for result, value in (("password", 1), ("guest", 1), ("failed", 1), ("token", 0)):
+        assert f'chatsrv_logins_total{{result="{result}"}} {value}.0' in text
+    assert "chatsrv_accounts 3.0" in text
