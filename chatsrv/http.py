@@ -48,6 +48,7 @@ from prometheus_client import make_wsgi_app
 
 from . import __version__
 from . import protocol as P
+from .accounts import AccountError, Exists, Invalid, NotFound
 from .auth import bearer_ok
 from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
 from .metrics import DISCONNECT_REASONS, make_registry
@@ -101,6 +102,11 @@ class AdminAPI:
             ("POST", re.compile(r"/groups"), self.create_group),
             ("GET", re.compile(r"/groups/([^/]+)"), self.show_group),
             ("DELETE", re.compile(r"/groups/([^/]+)"), self.delete_group),
+            ("GET", re.compile(r"/accounts"), self.list_accounts),
+            ("POST", re.compile(r"/accounts"), self.create_account),
+            ("DELETE", re.compile(r"/accounts/([^/]+)"), self.delete_account),
+            ("POST", re.compile(r"/accounts/([^/]+)/password"), self.reset_password),
+            ("POST", re.compile(r"/accounts/([^/]+)/(suspend|unsuspend)"), self.suspend_account),
             ("POST", re.compile(r"/announce"), self.announce),
             ("GET", re.compile(r"/stats"), self.stats),
         ]
@@ -260,6 +266,69 @@ class AdminAPI:
         audit.info("admin: deleted group=%s (from %s)", deleted, environ.get("REMOTE_ADDR"))
         return 204, None
 
+    # ------------------------------------------------------------ accounts
+
+    def _accounts(self):
+        service = self.server.account_service
+        if not service.book.enabled:
+            raise HTTPError(409, "accounts are disabled (--accounts off)")
+        return service
+
+    def list_accounts(self, environ: dict) -> Response:
+        book = self._accounts().book
+        accounts = sorted(book.accounts.values(), key=lambda a: a.key)
+        return 200, {"accounts": [
+            {"name": a.name, "created_at": P.utc_stamp(a.created_at),
+             "last_login": P.utc_stamp(a.last_login) if a.last_login else None,
+             "suspended": a.suspended}
+            for a in accounts
+        ]}
+
+    def create_account(self, environ: dict) -> Response:
+        body = _body(environ)
+        name = _field(body, "name", required=True)
+        password = _field(body, "password", required=False)
+        try:
+            account, generated = self._accounts().create(name, password)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: created account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        answer: dict[str, Any] = {"name": account.name}
+        if generated is not None:
+            answer["password"] = generated  # the one answer a password appears in
+        return 201, answer
+
+    def delete_account(self, environ: dict, name: str) -> Response:
+        try:
+            account = self._accounts().delete(name)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: deleted account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        return 204, None
+
+    def reset_password(self, environ: dict, name: str) -> Response:
+        body = _body(environ) if environ.get("CONTENT_LENGTH") not in (None, "", "0") else {}
+        password = _field(body, "password", required=False)
+        try:
+            account, generated = self._accounts().reset(name, password)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: reset the password of account=%s (from %s)", account.name,
+                   environ.get("REMOTE_ADDR"))
+        answer: dict[str, Any] = {"name": account.name}
+        if generated is not None:
+            answer["password"] = generated
+        return 200, answer
+
+    def suspend_account(self, environ: dict, name: str, action: str) -> Response:
+        try:
+            account = self._accounts().suspend(name, action == "suspend")
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: %sed account=%s (from %s)", action, account.name,
+                   environ.get("REMOTE_ADDR"))
+        return 200, {"name": account.name, "suspended": account.suspended}
+
     # ------------------------------------------------------------ announce, stats
 
     def announce(self, environ: dict) -> Response:
@@ -307,6 +376,12 @@ class AdminAPI:
 
 
 # ---------------------------------------------------------------- request helpers
+
+
+def _account_error(err: AccountError) -> HTTPError:
+    status = 409 if isinstance(err, Exists) else 404 if isinstance(err, NotFound) else 400
+    assert isinstance(err, (Exists, NotFound, Invalid))
+    return HTTPError(status, str(err))
 
 
 def _path(environ: dict) -> str:

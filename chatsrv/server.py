@@ -21,6 +21,7 @@ import gevent
 from gevent.event import Event
 
 from . import protocol as P
+from .accounts import AccountService
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
@@ -170,6 +171,8 @@ class ChatServer:
         self.hasher = Hasher()
         self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
         self._last_logins: dict[str, float] = {}  # account key -> time, written by _sweep
+        self.account_service = AccountService(self.accounts, self.hasher, self.store,
+                                              self.writer.call, self.end_account_session)
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
@@ -425,15 +428,26 @@ class ChatServer:
 
     def replace_session(self, name: str) -> None:
         """A login to an account ends the older session of that name (a dead laptop,
-        a second tab): it hears why, and the name is free when this returns."""
+        a second tab, or a guest that took the name before the account existed):
+        it hears why, and the name is free when this returns."""
         session = self.find_session(name)
-        if session is None or session.user is None:
-            return
-        session.emit(P.REPLACED)
+        if session is not None:
+            self._end_session(session, P.REPLACED, "replaced")
+
+    def end_account_session(self, name: str, line: bytes, reason: str) -> None:
+        """An account was suspended or deleted: end the session logged in to it."""
+        session = self.find_session(name)
+        if session is not None and session.account == P.name_key(P.normalize(name)):
+            self._end_session(session, line, reason)
+
+    def _end_session(self, session: Session, line: bytes, reason: str) -> None:
+        user = session.user
+        assert user is not None  # found through the hub's users: logged in
+        session.emit(line)
         self.flush()
-        self.hub.logout(session.user)
-        self.schedule_flush()
-        session.abort("replaced")
+        self.hub.logout(user)
+        self.schedule_flush()  # the leave notices
+        session.abort(reason)
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
@@ -548,11 +562,7 @@ class ChatServer:
             return remote[0] if remote is not None else None
         user = session.user
         assert user is not None  # found through the hub's users: logged in
-        session.emit(P.KICKED)
-        self.flush()
-        self.hub.logout(user)
-        self.schedule_flush()  # the leave notices
-        session.abort("kicked")
+        self._end_session(session, P.KICKED, "kicked")
         return user.name
 
 

@@ -100,7 +100,7 @@ class Session:
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes", "login",
+        "silence", "held", "held_bytes", "login", "account",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -145,6 +145,7 @@ class Session:
         # The login exchange with accounts (failures so far, the name waiting for
         # its password); dropped at login, so a logged-in session does not pay for it.
         self.login: _Login | None = None
+        self.account: str | None = None  # the account's key once logged in to one
 
     # ------------------------------------------------------------ output
 
@@ -424,6 +425,7 @@ class Session:
             self.write(P.encode(str(refused)))
             return False
         self.login = None
+        self.account = account.key
         self.server.session_logged_in(self, step.how, account)
         return True
 
