@@ -49,7 +49,9 @@ from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 from . import protocol as P
+from .core import accounts as A
 from .core import events as E
+from .core.accounts import AccountBook, AccountWork
 from .core.events import new_public
 from .createrate import CreateRate
 from .histogram import Histogram
@@ -77,10 +79,10 @@ Query = tuple[str, "User", "Group", Any]
 class User:
     """A logged-in session as the hub sees it. `conn` belongs to the transport."""
 
-    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since", "addr")
+    __slots__ = ("name", "key", "groups", "queue", "push", "conn", "since", "addr", "account")
 
     def __init__(self, name: str, conn: Conn | None = None, since: float = 0.0,
-                 addr: str | None = None) -> None:
+                 addr: str | None = None, account: str | None = None) -> None:
         self.name = name
         self.key = P.name_key(name)
         self.groups: dict[str, Group] = {}
@@ -93,6 +95,8 @@ class User:
         # The client's address as `--create-rate` counts it (limits.address_key);
         # None (tests, internal users) is not rate-limited.
         self.addr = addr
+        # The key of the account this session logged in to (or registered); None: a guest.
+        self.account = account
 
     def __repr__(self) -> str:
         return f"User({self.name!r})"
@@ -253,8 +257,13 @@ class Hub:
         max_groups: int = 10000,
         create_rate: CreateRate | None = None,
         history_memory: int = 256 << 20,
+        accounts: AccountBook | None = None,
     ) -> None:
         self.clock = clock
+        # PROTOCOL.md v2 Accounts; None is `--accounts off`. What needs a hash or
+        # the disk (`register`, `password`) waits in `account_work` for the transport.
+        self.accounts = accounts if accounts is not None and accounts.enabled else None
+        self.account_work: list[AccountWork] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
@@ -571,7 +580,7 @@ class Hub:
     # ------------------------------------------------------------ sessions
 
     def login(self, name: str, conn: Conn | None = None, announced: bool = False,
-              addr: str | None = None) -> User:
+              addr: str | None = None, account: str | None = None) -> User:
         """Register a user, put it in General; raises LoginRefused.
 
         `announced`: cluster mode, the claim already told every node (login and
@@ -580,7 +589,7 @@ class Hub:
         started = self.timer() if self.timer is not None else 0.0
         nfc = self.check_name(name)
         key = P.name_key(nfc)
-        user = User(nfc, conn, self.clock(), addr)
+        user = User(nfc, conn, self.clock(), addr, account)
         self.users[key] = user
         self.stats.logins += 1
         self.reply(user, P.welcome(nfc))
@@ -800,6 +809,35 @@ class Hub:
         self.reply(user, P.HELP)
 
     # ping
+    # register <password> / password <old> <new> / token (PROTOCOL.md v2 Accounts)
+    def handle_register(self, user: User, args: tuple[str, ...]) -> None:
+        book = self._account_book()
+        if user.account is not None or book.get(user.name) is not None \
+                or book.mode == A.Mode.REQUIRED:
+            raise ProtocolError(A.already_registered_line(user.name))
+        problem = A.password_problem(args[0])
+        if problem is not None:
+            raise ProtocolError(A.invalid_password_line(problem))
+        self.account_work.append(A.Register(user, user.name, args[0]))
+
+    def handle_password(self, user: User, args: tuple[str, ...]) -> None:
+        self._account_book()
+        if user.account is None:
+            raise ProtocolError(A.NOT_LOGGED_IN)
+        self.account_work.append(A.ChangePassword(user, user.name, args[0], args[1]))
+
+    def handle_token(self, user: User, args: tuple[str, ...]) -> None:
+        book = self._account_book()
+        account = book.accounts.get(user.account) if user.account is not None else None
+        if account is None:
+            raise ProtocolError(A.NOT_LOGGED_IN)
+        self.reply(user, f"ok: token {book.mint(account, self.clock())}")
+
+    def _account_book(self) -> AccountBook:
+        if self.accounts is None:
+            raise ProtocolError(A.DISABLED)
+        return self.accounts
+
     def handle_ping(self, user: User, args: tuple[str, ...]) -> None:
         self.reply(user, P.PONG)
 

@@ -91,6 +91,11 @@ SPECS: dict[str, Spec] = {
     "history": Spec("history <group> [count]", 1, 2),
     "help": Spec("help", 0, 0),
     "ping": Spec("ping", 0, 0),
+    # PROTOCOL.md v2, Accounts (known in every mode; `--accounts off` answers
+    # `error: accounts are disabled`).
+    "register": Spec("register <password>", 1, 1),
+    "password": Spec("password <old> <new>", 2, 2),
+    "token": Spec("token", 0, 0),
 }
 COMMAND_WORDS = tuple(SPECS)
 

@@ -21,11 +21,11 @@ import gevent
 from gevent.event import Event
 
 from . import protocol as P
-from .accounts import AccountService
+from .accounts import AccountError, AccountService
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
-from .core.accounts import Account, AccountBook
+from .core.accounts import Account, AccountBook, AccountWork, Register
 from .createrate import CreateRate
 from .http import AdminHTTP
 from .hub import (
@@ -143,7 +143,11 @@ class ChatServer:
         # The latency histograms are timed only when something can read them.
         create_rate = (CreateRate(config.create_rate, time.monotonic)
                        if config.create_rate else None)
-        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
+        # Accounts (PROTOCOL.md v2): all in memory, loaded in `load`; hashing runs
+        # on the hasher's threads, never on the loop.
+        self.accounts = AccountBook(config.accounts, token_ttl=config.token_ttl)
+        self.hub = Hub(clock=time.time, accounts=self.accounts,
+                       history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
                        durable=self.store.durable, max_groups=config.max_groups,
                        create_rate=create_rate, history_memory=config.history_memory_bytes)
@@ -165,9 +169,6 @@ class ChatServer:
         self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
         self._sweeper: Any | None = None  # a gevent timer (gevent has no types)
         self.disconnects: Counter[str] = Counter()
-        # Accounts (PROTOCOL.md v2): all in memory, loaded in `load`; hashing runs
-        # on the hasher's threads, never on the loop.
-        self.accounts = AccountBook(config.accounts, token_ttl=config.token_ttl)
         self.hasher = Hasher()
         self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
         self._last_logins: dict[str, float] = {}  # account key -> time, written by _sweep
@@ -201,15 +202,15 @@ class ChatServer:
                               group.history, group.total)
         hub.restored()
         self.writer.ends = {group.key: group.seq for group in hub.groups.values()}
+        log.info("store %s: %d groups, %d history messages loaded (%.1f MiB of "
+                 "--history-memory %.1f MiB) in %.2f s", self.store.describe(), len(loaded),
+                 sum(len(g.history) for g in hub.groups.values()), hub.history_bytes / 2**20,
+                 hub.history_budget / 2**20, time.monotonic() - started)
         if self.accounts.enabled:
             for account in self.store.load_accounts():
                 self.accounts.put(account)
             self.accounts.token_key = self.store.token_key(os.urandom(32))
             log.info("accounts %s: %d accounts", self.config.accounts, len(self.accounts))
-        log.info("store %s: %d groups, %d history messages loaded (%.1f MiB of "
-                 "--history-memory %.1f MiB) in %.2f s", self.store.describe(), len(loaded),
-                 sum(len(g.history) for g in hub.groups.values()), hub.history_bytes / 2**20,
-                 hub.history_budget / 2**20, time.monotonic() - started)
 
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
@@ -399,16 +400,17 @@ class ChatServer:
             io.close()
             return None
 
-    def login(self, text: str, session: Session) -> User:
-        """A username line: log in, cluster-wide with a backplane; raises LoginRefused."""
+    def login(self, text: str, session: Session, account: str | None = None) -> User:
+        """A username line: log in, cluster-wide with a backplane; raises LoginRefused.
+        `account`: the key of the account it logged in to (None: a guest)."""
         hub = self.hub
         addr = address_key(session.peer.rsplit(":", 1)[0])  # --create-rate counts this
         if hub.outbox is None:
-            return hub.login(text, session, addr=addr)
+            return hub.login(text, session, addr=addr, account=account)
         name = hub.check_name(text)
         self.backplane.claim(name, session)  # this greenlet waits for Redis
         try:
-            return hub.login(name, session, announced=True, addr=addr)
+            return hub.login(name, session, announced=True, addr=addr, account=account)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
             self.backplane.abandon(name)
             raise
@@ -421,6 +423,30 @@ class ChatServer:
         if account is not None:
             self._last_logins[account.key] = time.time()
         log.info("login id=%d user=%s as=%s", session.id, session.user.name, how)
+
+    def do_account_work(self, work: list[AccountWork]) -> None:
+        """Run `register`/`password` (a session's greenlet waits; nobody else does)
+        and queue each reply for its user."""
+        service = self.account_service
+        for item in work:
+            user = item.user
+            assert isinstance(user, User)
+            try:
+                if isinstance(item, Register):
+                    account = service.register(item.name, item.password)
+                    user.account = account.key
+                    reply = f"ok: registered {account.name}"
+                else:
+                    service.change_password(item.name, item.old, item.new)
+                    reply = "ok: password changed"
+            except AccountError as err:
+                reply = str(err)
+            except Exception as err:  # the store failed: say so, keep the session
+                log.error("account change for %s failed: %s", item.name, err)
+                reply = "error: account not changed, storage failed"
+            if self.hub.users.get(user.key) is user:  # not gone meanwhile
+                self.hub.reply(user, reply)
+        self.schedule_flush()
 
     def login_result(self, result: str) -> None:
         """A refused login: `failed`, `throttled` or another refusal (`refused`)."""
@@ -437,7 +463,8 @@ class ChatServer:
     def end_account_session(self, name: str, line: bytes, reason: str) -> None:
         """An account was suspended or deleted: end the session logged in to it."""
         session = self.find_session(name)
-        if session is not None and session.account == P.name_key(P.normalize(name)):
+        if session is not None and session.user is not None \
+                and session.user.account == P.name_key(P.normalize(name)):
             self._end_session(session, line, reason)
 
     def _end_session(self, session: Session, line: bytes, reason: str) -> None:

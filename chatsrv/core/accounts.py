@@ -396,3 +396,29 @@ class LoginAttempts:
         if self.failures >= CONNECTION_FAILURES:
             return TOO_MANY_FAILURES, True
         return step.line, False
+
+
+# ------------------------------------------------------- work for the transport
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """`register <password>`: hash it off the loop, store the account, then answer
+    `ok: registered <name>` (or why not) through `AccountService`."""
+
+    user: object  # the hub's User (kept opaque: core.accounts knows no model)
+    name: str
+    password: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePassword:
+    """`password <old> <new>`: verify the old one off the loop, then hash the new."""
+
+    user: object
+    name: str
+    old: str
+    new: str
+
+
+AccountWork = Register | ChangePassword

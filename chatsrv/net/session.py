@@ -100,7 +100,7 @@ class Session:
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes", "login", "account",
+        "silence", "held", "held_bytes", "login",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -145,7 +145,6 @@ class Session:
         # The login exchange with accounts (failures so far, the name waiting for
         # its password); dropped at login, so a logged-in session does not pay for it.
         self.login: _Login | None = None
-        self.account: str | None = None  # the account's key once logged in to one
 
     # ------------------------------------------------------------ output
 
@@ -420,12 +419,11 @@ class Session:
         account = step.account
         self.server.replace_session(account.name)
         try:
-            self.user = self.server.login(account.name, self)
+            self.user = self.server.login(account.name, self, account.key)
         except LoginRefused as refused:  # a guest of this name on another node
             self.write(P.encode(str(refused)))
             return False
         self.login = None
-        self.account = account.key
         self.server.session_logged_in(self, step.how, account)
         return True
 
@@ -526,6 +524,9 @@ class Session:
             if hub.uncommitted or hub.blocked or hub.queries:  # a reply waits for the store
                 self._wait_for_store(lines[i + 1:])
                 return
+            if hub.account_work:  # `register` or `password`: a hash, then the disk
+                self._wait_for_accounts(lines[i + 1:])
+                return
 
     def _pause(self, delay: float, lines: list[bytes]) -> None:
         """Stop reading for `delay` seconds, then go on with `lines` (kept in order)."""
@@ -586,10 +587,20 @@ class Session:
         Meanwhile the socket is still read (`_hold`), so a peer that closes is
         noticed at once and its name is free, however long the store takes; what
         it sent is held, in order, for when the reply is in."""
+        pending = self.server.writer.take_pending()
+        self._wait(self.server.writer.settle, pending, lines)
+
+    def _wait_for_accounts(self, lines: list[bytes]) -> None:
+        """`register`/`password` answer after argon2 (hasher threads) and the store
+        (writer thread): wait like for the store, in a greenlet of our own."""
+        hub = self.server.hub
+        work, hub.account_work = hub.account_work, []
+        self._wait(self.server.do_account_work, work, lines)
+
+    def _wait(self, job, arg, lines: list[bytes]) -> None:
         self.sock.reading.stop()
         self.server.schedule_flush()
-        pending = self.server.writer.take_pending()
-        self.paused = gevent.spawn(self._settle, pending, lines)
+        self.paused = gevent.spawn(self._settle, job, arg, lines)
         self.sock.reading.start(self._hold)
 
     def _hold(self) -> None:
@@ -604,9 +615,9 @@ class Session:
         if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
             self.sock.reading.stop()
 
-    def _settle(self, pending, lines: list[bytes]) -> None:
+    def _settle(self, job, arg, lines: list[bytes]) -> None:
         try:
-            self.server.writer.settle(pending)
+            job(arg)
         finally:
             self.paused = None
         if self.ending is not None:

@@ -74,31 +74,31 @@ class Store(ABC):
     # Accounts. The server keeps every account in memory (logins never wait for
     # the disk); the store keeps them across restarts. Writer thread, like the rest.
 
+    @abstractmethod
     def load_accounts(self) -> list[Account]:
         """Every account (start-up)."""
-        return []
 
+    @abstractmethod
     def add_account(self, account: Account) -> bool:
         """Add an account if none of its key exists; returns only once durable.
         False (nothing written) when the name is already an account's."""
-        return True
 
+    @abstractmethod
     def put_account(self, account: Account) -> None:
         """Replace an existing account's record (new hash, generation, suspension);
         returns only once durable."""
-        return None
 
+    @abstractmethod
     def delete_account(self, key: str) -> bool:
         """Forget an account; returns only once durable. False when unknown."""
-        return True
 
+    @abstractmethod
     def record_logins(self, logins: list[tuple[str, float]]) -> None:
         """Note each account's (key, time) last login; batched, not fsynced."""
-        return None
 
+    @abstractmethod
     def token_key(self, fresh: bytes) -> bytes:
         """The installation's token key: the stored one, or `fresh` stored now."""
-        return fresh
 
     @abstractmethod
     def close(self) -> None:

@@ -76,7 +76,7 @@ def test_script_without_exit_drains_replies_and_hides_its_own_ping(server):
     result = run_script(server, "alice\nping\nhelp\ngroups")
     assert result.stdout.decode().splitlines()[3:] == [
         "ok: pong",
-        "ok: commands: create join leave groups users public private exit history help ping",
+        "ok: commands: create join leave groups users public private exit history help ping register password token",
         "groups: General",
     ]
     assert (result.returncode, result.stderr) == (0, b"")
@@ -86,7 +86,7 @@ def test_script_lines_at_the_prompt_are_usernames(server, login):
     # `exit` and `ping` at the username prompt are names, not commands: the drain
     # must neither wait for a bye nor swallow a pong that never comes.
     login(server, "exit")
-    result = run_script(server, "bad name!\nexit\nping\nusers\n")
+    result = run_script(server, "bad!name\nexit\nping\nusers\n")
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "enter a username:"
     assert lines[1].startswith("error: invalid username: ")

@@ -21,7 +21,7 @@ from conftest import start_server
 
 PROMPT = "enter a username:"
 PONG = "ok: pong"
-HELP = "ok: commands: create join leave groups users public private exit history help ping"
+HELP = "ok: commands: create join leave groups users public private exit history help ping register password token"
 INVALID_NAME = "error: invalid username: "
 INVALID_GROUP = "error: invalid group name: "
 TOO_LONG = "error: line too long (max 4096 bytes)"

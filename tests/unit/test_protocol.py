@@ -149,7 +149,7 @@ def test_line_formats():
     )
     assert P.listing("users", ["bob", "Alice", "carol"]) == "users: Alice bob carol"
     assert P.HELP == (
-        "ok: commands: create join leave groups users public private exit history help ping"
+        "ok: commands: create join leave groups users public private exit history help ping register password token"
     )
     assert P.line_too_long(4096) == b"error: line too long (max 4096 bytes)\n"
 

@@ -183,3 +183,76 @@ def test_logins_metric_by_result(accounts_server, connect, tmp_path):
     for result, value in (("password", 1), ("guest", 1), ("failed", 1), ("token", 0)):
         assert f'chatsrv_logins_total{{result="{result}"}} {value}.0' in text
     assert "chatsrv_accounts 3.0" in text
+
+
+def test_register_password_and_token_commands(accounts_server, connect):
+    server = accounts_server()
+    guest = connect(server)
+    guest.expect(PROMPT)
+    guest.send("dave")
+    welcome(guest, "dave")
+    assert guest.request("token") == "error: not logged in to an account"
+    assert guest.request("password old-password new-password") == \
+        "error: not logged in to an account"
+    assert guest.request("register short") == \
+        "error: invalid password: too short (at least 8 characters)"
+    assert guest.request("register ab\x7fcdefgh") == \
+        "error: invalid password: control characters are not allowed"
+    guest.send("register daves-password")
+    guest.send("ping")  # pipelined: answered after the registration, in order
+    guest.expect("ok: registered dave", "ok: pong")
+    assert guest.request("register another-one") == "error: already registered: dave"
+    token = guest.request("token")
+    assert token.startswith("ok: token ct1.")
+    token = token.removeprefix("ok: token ")
+    # The token logs in instead of the password (and replaces the older session).
+    tab = connect(server)
+    tab.expect(PROMPT)
+    tab.send(f"dave {token}")
+    welcome(tab, "dave")
+    guest.expect("* disconnected: logged in from another connection")
+    assert tab.request("password wrong-password next-password") == "error: wrong password"
+    assert tab.request("password daves-password bad") == \
+        "error: invalid password: too short (at least 8 characters)"
+    assert tab.request("password daves-password next-password") == "ok: password changed"
+    # Every token of the account stops working; the new password works.
+    again = connect(server)
+    again.expect(PROMPT)
+    again.send(f"dave {token}")
+    again.expect("error: login failed", PROMPT)
+    again.send("dave next-password")
+    welcome(again, "dave")
+
+
+def test_register_taken_by_an_admin_a_moment_earlier(accounts_server, connect):
+    """The name became an account (here: seeded) while the guest was logged in."""
+    server = accounts_server()
+    guest = connect(server)
+    guest.expect(PROMPT)
+    guest.send("bob")
+    welcome(guest, "bob")
+    assert guest.request("register bobs-password") == "ok: registered bob"
+    other = connect(server)
+    other.expect(PROMPT)
+    other.send("alice correct-horse")
+    welcome(other, "alice")
+    assert other.request("register something-else") == "error: already registered: alice"
+
+
+def test_account_commands_when_disabled_or_required(accounts_server, connect):
+    server = accounts_server("off")
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("erin")
+    welcome(client, "erin")
+    for line in ("register erins-password", "password a-password b-password", "token"):
+        assert client.request(line) == "error: accounts are disabled"
+    assert client.request("help") == ("ok: commands: create join leave groups users public "
+                                      "private exit history help ping register password token")
+    server.stop()
+    server = accounts_server("required")
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("alice correct-horse")
+    welcome(client, "alice")
+    assert client.request("register another-pass") == "error: already registered: alice"
