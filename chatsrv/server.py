@@ -2,8 +2,10 @@
 
 It wires the pure hub to sessions; it holds no chat logic of its own. As the
 composition root it is also the one place that hands each adapter its narrow
-interface: the store writer gets the hub and a flush callback, the HTTP
-endpoint an `Admin` facade (http.AdminPort) and `scrape` (metrics.Scrape).
+interface: the store writer gets the hub and a flush callback, the backplane
+the hub and two callbacks (`open_backplane`), the HTTP endpoint an `Admin`
+facade (http.AdminPort) and `scrape` (metrics.Scrape). No adapter sees the
+server or a session.
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ class ChatServer:
         self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
-        self.backplane = open_backplane(self)
+        self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
+                                        schedule_flush=self.schedule_flush)
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
             self.writer.follow = self.backplane.follow
@@ -386,7 +389,7 @@ class ChatServer:
         if hub.outbox is None:
             return hub.login(text, session, addr=addr)
         name = hub.check_name(text)
-        self.backplane.claim(name, session)  # this greenlet waits for Redis
+        self.backplane.claim(name, session.peer)  # this greenlet waits for Redis
         try:
             return hub.login(name, session, announced=True, addr=addr)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
@@ -496,6 +499,10 @@ class ChatServer:
             hub.put_back_group(group)
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
+
+    def kick_local(self, name: str) -> str | None:
+        """Kick a user of this node only (another node asked): as `kick`."""
+        return self.kick(name, local_only=True)
 
     def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.
