@@ -96,9 +96,10 @@ def open_backplane(config: Config, hub: ClusterHub, *, kick_local: Callable[[str
     """`Local`, or a Redis node when `--redis` is set.
 
     A node gets the hub as a `ClusterHub` (it drains its outbox and mirrors the
-    other nodes into it) and two callbacks of the server it runs in, never the server itself:
-    `kick_local(name)` ends a user's session on this node (another node asked),
-    `schedule_flush()` has the lines it queued sent at the end of this loop turn."""
+    other nodes into it) and two callbacks of the server it runs in, never the
+    server itself: `kick_local(name)` ends a user's session on this node (another
+    node asked), `schedule_flush()` has the lines it queued sent at the end of
+    this loop turn."""
     if not config.redis:
         return Local()
     from .node import RedisBackplane
