@@ -62,6 +62,13 @@ class AccountService:
         self.end_session = end_session  # (account name, last line, reason)
         self.clock = clock
 
+    @property
+    def enabled(self) -> bool:
+        return self.book.enabled
+
+    def all(self) -> list[Account]:
+        return list(self.book.accounts.values())
+
     # -- helpers
 
     def _name(self, name: str) -> str:

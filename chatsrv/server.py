@@ -1,6 +1,11 @@
 """The gevent server: accept, limits, TLS, the per-turn flush, signals, shutdown.
 
-It wires the pure hub to sessions; it holds no chat logic of its own.
+It wires the pure hub to sessions; it holds no chat logic of its own. As the
+composition root it is also the one place that hands each adapter its narrow
+interface: the store writer gets the hub and a flush callback, the backplane
+the hub and two callbacks (`open_backplane`), the HTTP endpoint an `Admin`
+facade (http.AdminPort) and `scrape` (metrics.Scrape). No adapter sees the
+server or a session.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import socket
 import ssl
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import gevent
 from gevent.event import Event
@@ -27,7 +33,7 @@ from .backplane import open_backplane
 from .config import Config
 from .core.accounts import Account, AccountBook, AccountWork, Register
 from .createrate import CreateRate
-from .http import AdminHTTP
+from .http import AdminHTTP, Connection
 from .hub import (
     GENERAL,
     ClusterUnavailable,
@@ -38,9 +44,11 @@ from .hub import (
     GroupPending,
     Hub,
     LoginRefused,
+    RemoteUser,
     User,
 )
 from .limits import PER_IP, RATE, AddressLimits, address_key
+from .metrics import ChatCounters, ClusterScrape, Scrape, StoreScrape
 from .net.acceptor import Acceptor, listening_socket
 from .net.hashing import Hasher
 from .net.session import Session
@@ -184,7 +192,8 @@ class ChatServer:
         self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
-        self.backplane = open_backplane(self)
+        self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
+                                        schedule_flush=self.schedule_flush)
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
             self.writer.follow = self.backplane.follow
@@ -223,7 +232,8 @@ class ChatServer:
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
-            self.http = AdminHTTP(self, token)
+            self.http = AdminHTTP(Admin(self), self.scrape, token, host=self.config.http_host,
+                                  port=self.config.http_port, timeout=self.config.http_timeout)
             self.http.start()
         listener.start()
         self._listener = listener
@@ -408,7 +418,7 @@ class ChatServer:
         if hub.outbox is None:
             return hub.login(text, session, addr=addr, account=account)
         name = hub.check_name(text)
-        self.backplane.claim(name, session)  # this greenlet waits for Redis
+        self.backplane.claim(name, session.peer)  # this greenlet waits for Redis
         try:
             return hub.login(name, session, announced=True, addr=addr, account=account)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
@@ -575,6 +585,10 @@ class ChatServer:
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
 
+    def kick_local(self, name: str) -> str | None:
+        """Kick a user of this node only (another node asked): as `kick`."""
+        return self.kick(name, local_only=True)
+
     def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.
 
@@ -591,6 +605,145 @@ class ChatServer:
         assert user is not None  # found through the hub's users: logged in
         self._end_session(session, P.KICKED, "kicked")
         return user.name
+
+
+    # ------------------------------------------------------------ metrics
+
+    def scrape(self) -> Scrape:
+        """What /metrics shows, taken when Prometheus scrapes (metrics.ChatCollector)."""
+        hub = self.hub
+        sessions = list(self.sessions)
+        self.limits.purge()  # so the gauge shows no entry that is already due to go
+        return Scrape(
+            connections_total=self.connections_total,
+            connections_active=len(sessions),
+            connections_unauthenticated=self.unauth,
+            rejected=self.rejected,
+            disconnects=self.disconnects,
+            logins=self.logins,
+            accounts=len(self.accounts),
+            limited_addresses=len(self.limits.entries),
+            sendq_bytes=sum(s.qbytes for s in sessions),
+            received_bytes=self.closed_bytes_in + sum(s.bytes_in for s in sessions),
+            sent_bytes=self.closed_bytes_out + sum(s.bytes_out for s in sessions),
+            users=len(hub.users),
+            groups=len(hub.groups),
+            chat=hub.stats,
+            history_bytes=hub.history_bytes,
+            history_budget=hub.history_budget,
+            started_at=self.started_at,
+            stopping=self.stopping,
+            max_clients=self.config.max_clients,
+            http_closed=self.http.closed() if self.http is not None else None,
+            cluster=self._cluster_scrape(),
+            store=(StoreScrape(stalled=bool(self.writer.stalled()), stats=self.writer.stats)
+                   if self.store.durable else None),
+        )
+
+    def _cluster_scrape(self) -> ClusterScrape | None:
+        backplane = self.backplane
+        if not backplane.cluster:
+            return None
+        hub = self.hub
+        return ClusterScrape(
+            node=backplane.node,
+            up=not hub.unavailable,
+            nodes=len({u.node for u in hub.remote_users.values()} | {backplane.node}),
+            remote_users=len(hub.remote_users),
+            subscribed_groups=len(backplane.subscribed),
+            stats=backplane.stats,
+        )
+
+
+class Admin:
+    """The admin API's view of the server (http.AdminPort): what it may read and do.
+
+    Reads go to the hub and the server's counters; the operations are the
+    server's (`kick`, `create_group`, `delete_group`) and the announcement, which
+    reaches this node's users through the hub and the other nodes' through the
+    backplane."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self._server = server
+        self._hub = server.hub
+
+    @property
+    def node(self) -> str | None:
+        return self._server.backplane.node or None
+
+    @property
+    def started_at(self) -> float:
+        return self._server.started_at
+
+    @property
+    def stopping(self) -> bool:
+        return self._server.stopping
+
+    @property
+    def max_line(self) -> int:
+        return self._server.config.max_line
+
+    @property
+    def accounts(self) -> AccountService:
+        return self._server.account_service
+
+    @property
+    def users(self) -> Mapping[str, User]:
+        return self._hub.users
+
+    @property
+    def remote_users(self) -> Mapping[str, RemoteUser]:
+        return self._hub.remote_users
+
+    @property
+    def groups(self) -> Mapping[str, Group]:
+        return self._hub.groups
+
+    @property
+    def chat(self) -> ChatCounters:
+        return self._hub.stats
+
+    @property
+    def connections_active(self) -> int:
+        return len(self._server.sessions)
+
+    @property
+    def connections_total(self) -> int:
+        return self._server.connections_total
+
+    @property
+    def rejected(self) -> Mapping[str, int]:
+        return self._server.rejected
+
+    @property
+    def disconnects(self) -> Mapping[str, int]:
+        return self._server.disconnects
+
+    def connection(self, user: User) -> Connection:
+        # The server logs users in with their Session only (`ChatServer.login`).
+        return cast(Session, user.conn)
+
+    def store_stalled(self) -> float:
+        return self._server.writer.stalled()
+
+    def cluster_status(self) -> dict:
+        return self._server.backplane.status()
+
+    def kick(self, name: str) -> str | None:
+        return self._server.kick(name)
+
+    def create_group(self, name: str) -> Group:
+        return self._server.create_group(name)
+
+    def delete_group(self, name: str) -> str | None:
+        return self._server.delete_group(name)
+
+    def announce(self, text: str, group: Group | None) -> int:
+        server = self._server
+        receivers = self._hub.announce(text, group.name if group is not None else None)
+        receivers += server.backplane.announce(text, group)  # other nodes' users
+        server.schedule_flush()
+        return receivers
 
 
 def serve(config: Config) -> int:

@@ -139,11 +139,11 @@ class Listener:
                 self._on_direct(json.loads(data))
         else:
             self._on_control(json.loads(data))
-        bp.server.schedule_flush()
+        bp.schedule_flush()
 
     def _on_direct(self, message: dict) -> None:
         if message.get("type") == "kick":
-            self.bp.server.kick(message["name"], local_only=True)
+            self.bp.kick_local(message["name"])
 
     def _on_control(self, message: dict) -> None:
         # Every node's control messages name it; a store's `group` message does not,

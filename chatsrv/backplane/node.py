@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
@@ -42,8 +43,7 @@ if TYPE_CHECKING:
     from redis.client import PubSub
 
     from ..hub import Group
-    from ..net.session import Session
-    from ..server import ChatServer
+    from . import ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")
 
@@ -89,9 +89,14 @@ def default_node_id() -> str:
 class RedisBackplane:
     cluster = True
 
-    def __init__(self, server: ChatServer, url: str, node: str | None, ttl: float) -> None:
-        self.server = server
-        self.hub = server.hub
+    def __init__(self, hub: ClusterHub, url: str, node: str | None, ttl: float, *,
+                 kick_local: Callable[[str], object],
+                 schedule_flush: Callable[[], None]) -> None:
+        self.hub = hub
+        # The server's, for the jobs: end a session of this node (a kick from another
+        # node, a name lost to an older claim); send what was queued, this loop turn.
+        self.kick_local = kick_local
+        self.schedule_flush = schedule_flush
         self.url = url
         self.node = node or default_node_id()
         self.node_b = self.node.encode()
@@ -180,13 +185,14 @@ class RedisBackplane:
 
     # ------------------------------------------------------------ requests from sessions/API
 
-    def claim(self, name: str, session: Session) -> None:
+    def claim(self, name: str, peer: str) -> None:
         """Hold `name` in Redis for this node (in the publisher's order, after any
-        logout already queued); the session's greenlet waits. Raises LoginRefused."""
+        logout already queued); the session's greenlet (logging in from `peer`) waits.
+        Raises LoginRefused."""
         hub = self.hub
         if hub.unavailable:
             raise LoginRefused(P.CLUSTER_UNAVAILABLE)
-        claim = NameClaim(name, session.peer, time.time(), str(next(self._tokens)))
+        claim = NameClaim(name, peer, time.time(), str(next(self._tokens)))
         self.claims[claim.token] = claim
         self.post(E.Claim(claim))
         self.wake()

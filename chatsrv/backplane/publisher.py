@@ -336,7 +336,7 @@ class Publisher:
         for user in conflicts:
             log.warning("user %s: name taken by another node during the outage; disconnecting",
                         user.name)
-            bp.server.kick(user.name, local_only=True)
+            bp.kick_local(user.name)
         if done is not None:
             done.set(True)
 
@@ -372,7 +372,7 @@ class Publisher:
         alive = {n.decode() for n in results[-1]}
         for gone in {u.node for u in hub.remote_users.values()} - alive:
             hub.node_gone(gone)
-        bp.server.schedule_flush()
+        bp.schedule_flush()
         return [u for u, ok in zip(users, results[first:first + len(users)], strict=True)
                 if ok != 1]
 
