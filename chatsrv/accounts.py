@@ -12,6 +12,7 @@ message.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from typing import Any, Protocol
 
 from . import protocol as P
 from .core.accounts import Account, AccountBook, account_key, password_problem
+from .hub import ClusterUnavailable
+
+log = logging.getLogger("chatsrv.accounts")
 
 GENERATED_PASSWORD_BYTES = 15  # token_urlsafe: 20 characters (the API promises >= 16)
 
@@ -39,6 +43,10 @@ class Invalid(AccountError):
     pass
 
 
+class Unavailable(AccountError):
+    """The store (or Redis, in a cluster) failed: nothing was changed."""
+
+
 class Hashing(Protocol):
     def hash(self, password: str) -> str: ...
     def verify(self, phc: str, password: str) -> bool: ...
@@ -54,13 +62,15 @@ class AccountService:
     def __init__(self, book: AccountBook, hasher: Hashing, store: AccountStore,
                  on_writer: Callable[..., Any],
                  end_session: Callable[[str, bytes, str], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_change: Callable[[str], None] = lambda key: None) -> None:
         self.book = book
         self.hasher = hasher
         self.store = store
-        self.on_writer = on_writer  # runs a store call on the writer thread and waits
+        self._on_writer = on_writer  # runs a store call on the writer thread and waits
         self.end_session = end_session  # (account name, last line, reason)
         self.clock = clock
+        self.on_change = on_change  # (account key): the other nodes reload it
 
     @property
     def enabled(self) -> bool:
@@ -70,6 +80,16 @@ class AccountService:
         return list(self.book.accounts.values())
 
     # -- helpers
+
+    def on_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A store call on the writer thread; its failure is an `Unavailable`."""
+        try:
+            return self._on_writer(fn, *args)
+        except ClusterUnavailable:
+            raise Unavailable(P.CLUSTER_UNAVAILABLE) from None
+        except Exception as err:
+            log.error("account change not stored: %s", err)
+            raise Unavailable("error: account not changed, storage failed") from None
 
     def _name(self, name: str) -> str:
         nfc = P.normalize(name)
@@ -127,6 +147,7 @@ class AccountService:
             existing = self.book.get(account.name)
             raise Exists(f"account exists: {existing.name if existing else account.name}")
         self.book.put(account)
+        self.on_change(account.key)
 
     # -- changing
 
@@ -157,6 +178,7 @@ class AccountService:
         if self.book.get(account.name) == current:
             self.on_writer(self.store.put_account, updated)
             self.book.put(updated)
+            self.on_change(updated.key)
 
     def suspend(self, name: str, suspended: bool = True) -> Account:
         """Suspend (ends its session, voids its tokens) or unsuspend an account."""
@@ -176,6 +198,7 @@ class AccountService:
         updated = dataclasses.replace(current, generation=generation, **changes)
         self.on_writer(self.store.put_account, updated)
         self.book.put(updated)
+        self.on_change(updated.key)
         return updated
 
     def delete(self, name: str) -> Account:
@@ -183,5 +206,6 @@ class AccountService:
         account = self.find(name)
         self.on_writer(self.store.delete_account, account.key)
         self.book.drop(account_key(account.name))
+        self.on_change(account.key)
         self.end_session(account.name, P.KICKED, "kicked")
         return account

@@ -50,7 +50,7 @@ from prometheus_client import make_wsgi_app
 
 from . import __version__
 from . import protocol as P
-from .accounts import AccountError, Exists, Invalid, NotFound
+from .accounts import AccountError, Exists, Invalid, NotFound, Unavailable
 from .auth import bearer_ok
 from .core.accounts import Account
 from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
@@ -464,6 +464,8 @@ class AdminAPI:
 
 
 def _account_error(err: AccountError) -> HTTPError:
+    if isinstance(err, Unavailable):
+        return HTTPError(503, str(err).removeprefix("error: "))
     status = 409 if isinstance(err, Exists) else 404 if isinstance(err, NotFound) else 400
     assert isinstance(err, (Exists, NotFound, Invalid))
     return HTTPError(status, str(err))

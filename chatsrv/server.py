@@ -180,8 +180,9 @@ class ChatServer:
         self.hasher = Hasher()
         self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
         self._last_logins: dict[str, float] = {}  # account key -> time, written by _sweep
-        self.account_service = AccountService(self.accounts, self.hasher, self.store,
-                                              self.writer.call, self.end_account_session)
+        self.account_service = AccountService(
+            self.accounts, self.hasher, self.store, self.writer.call, self.end_account_session,
+            on_change=lambda key: self.backplane.account_changed(key))
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
@@ -193,7 +194,8 @@ class ChatServer:
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
         self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
-                                        schedule_flush=self.schedule_flush)
+                                        schedule_flush=self.schedule_flush, accounts=self)
+        self.accounts.on_failure = self.backplane.login_failed
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
             self.writer.follow = self.backplane.follow
@@ -449,11 +451,8 @@ class ChatServer:
                 else:
                     service.change_password(item.name, item.old, item.new)
                     reply = "ok: password changed"
-            except AccountError as err:
+            except AccountError as err:  # the store's failures included (Unavailable)
                 reply = str(err)
-            except Exception as err:  # the store failed: say so, keep the session
-                log.error("account change for %s failed: %s", item.name, err)
-                reply = "error: account not changed, storage failed"
             if self.hub.users.get(user.key) is user:  # not gone meanwhile
                 self.hub.reply(user, reply)
         self.schedule_flush()
@@ -464,11 +463,14 @@ class ChatServer:
 
     def replace_session(self, name: str) -> None:
         """A login to an account ends the older session of that name (a dead laptop,
-        a second tab, or a guest that took the name before the account existed):
-        it hears why, and the name is free when this returns."""
+        a second tab, or a guest that took the name before the account existed),
+        on this node or another: it hears why, and the name is free when this
+        returns."""
         session = self.find_session(name)
         if session is not None:
             self._end_session(session, P.REPLACED, "replaced")
+        else:
+            self.backplane.replace(name)
 
     def end_account_session(self, name: str, line: bytes, reason: str) -> None:
         """An account was suspended or deleted: end the session logged in to it."""
@@ -585,9 +587,36 @@ class ChatServer:
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
 
-    def kick_local(self, name: str) -> str | None:
-        """Kick a user of this node only (another node asked): as `kick`."""
+    def kick_local(self, name: str, reason: str = "kicked") -> str | None:
+        """End a session of this node only, because another node asked: an
+        administrator's kick there (as `kick`), or a login to the account there
+        (reason `replaced`)."""
+        if reason == "replaced":
+            session = self.find_session(name)
+            if session is None or session.user is None:
+                return None
+            self._end_session(session, P.REPLACED, "replaced")
+            return session.user.name
         return self.kick(name, local_only=True)
+
+    # Accounts changed by other nodes (cluster mode; backplane.AccountEvents).
+
+    def account_updated(self, key: str, account: Account | None) -> None:
+        book = self.accounts
+        if not book.enabled:
+            return
+        if account is None:
+            gone = book.drop(key)
+            if gone is not None:
+                self.end_account_session(gone.name, P.KICKED, "kicked")
+            return
+        book.put(account)
+        if account.suspended:
+            self.end_account_session(account.name, P.KICKED, "kicked")
+
+    def login_failed_elsewhere(self, key: str, at: float) -> None:
+        if key in self.accounts.accounts:
+            self.accounts.throttle.failed(key, at)
 
     def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.

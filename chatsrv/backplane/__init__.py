@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ..config import Config
     from ..core import events as E
+    from ..core.accounts import Account
     from ..hub import Group, RemoteUser, User
 
 
@@ -87,22 +88,45 @@ class Local:
         """Tell the other nodes; returns how many of their users it reaches."""
         return 0
 
+    def replace(self, name: str) -> bool:
+        """End another node's session of `name` for a login to its account here
+        (`* disconnected: logged in from another connection`); False if none."""
+        return False
+
+    def account_changed(self, key: str) -> None:
+        """An account was created, changed or deleted here: the other nodes reload it."""
+
+    def login_failed(self, key: str, at: float) -> None:
+        """A failed login to an existing account here: every node counts it."""
+
     def status(self) -> dict:
         return {"mode": "single"}
 
 
-def open_backplane(config: Config, hub: ClusterHub, *, kick_local: Callable[[str], object],
-                   schedule_flush: Callable[[], None]):
+class AccountEvents(Protocol):
+    """What a node tells the server about accounts other nodes changed."""
+
+    def account_updated(self, key: str, account: Account | None) -> None:
+        """The account as Redis has it now (None: deleted)."""
+
+    def login_failed_elsewhere(self, key: str, at: float) -> None:
+        """Another node counted a failed login to this account."""
+
+
+def open_backplane(config: Config, hub: ClusterHub, *, kick_local: Callable[[str, str], object],
+                   schedule_flush: Callable[[], None], accounts: AccountEvents | None = None):
     """`Local`, or a Redis node when `--redis` is set.
 
     A node gets the hub as a `ClusterHub` (it drains its outbox and mirrors the
     other nodes into it) and two callbacks of the server it runs in, never the
-    server itself: `kick_local(name)` ends a user's session on this node (another
-    node asked), `schedule_flush()` has the lines it queued sent at the end of
-    this loop turn."""
+    server itself: `kick_local(name, reason)` ends a user's session on this node
+    (another node asked: `kicked`, or `replaced` by a login to its account there),
+    `schedule_flush()` has the lines it queued sent at the end of this loop turn;
+    `accounts` hears of accounts the other nodes changed."""
     if not config.redis:
         return Local()
     from .node import RedisBackplane
 
     return RedisBackplane(hub, config.redis, config.node_id, config.node_ttl,
-                          kick_local=kick_local, schedule_flush=schedule_flush)
+                          kick_local=kick_local, schedule_flush=schedule_flush,
+                          accounts=accounts)

@@ -33,7 +33,9 @@ is the sender's id (group keys and user keys are `protocol.name_key`s):
     state     node, users ([name, since, peer, [group keys]] each)
     hello     node                       gone      node
     announce  node, text, group (a group name, or null: everyone)
-    kick      name (on the target node's channel)
+    account   node, key (an account was created, changed or deleted: read it again)
+    loginfail node, key, at (a failed login to that account, for the throttle)
+    kick      name, reason (kicked | replaced; on the target node's channel)
 
 Nodes of different versions must not share a Redis (docs/scaling.md: upgrade
 by restarting every node). No password or token is ever written to Redis.

@@ -54,6 +54,8 @@ class Listener:
             "hello": self._hello,
             "gone": self._gone,
             "announce": self._announce,
+            "account": self._account,
+            "loginfail": self._login_failed,
         }
         # This node's own control messages coming back, by type (the rest: nothing to do).
         self._own: dict[str, Handler] = {
@@ -143,7 +145,8 @@ class Listener:
 
     def _on_direct(self, message: dict) -> None:
         if message.get("type") == "kick":
-            self.bp.kick_local(message["name"])
+            reason = "replaced" if message.get("reason") == "replaced" else "kicked"
+            self.bp.kick_local(message["name"], reason)
 
     def _on_control(self, message: dict) -> None:
         # Every node's control messages name it; a store's `group` message does not,
@@ -213,3 +216,11 @@ class Listener:
         group = m.get("group")
         if group is None or P.name_key(P.normalize(group)) in self.hub.groups:
             self.hub.announce(m["text"], group)
+
+    def _account(self, node: str, m: dict) -> None:
+        gevent.spawn(self.bp.fetch_account, m["key"])
+
+    def _login_failed(self, node: str, m: dict) -> None:
+        accounts = self.bp.accounts
+        if accounts is not None:
+            accounts.login_failed_elsewhere(m["key"], float(m["at"]))

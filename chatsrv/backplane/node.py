@@ -38,12 +38,13 @@ from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
 from .publisher import SUBSCRIBE_WAIT_S, Publisher
+from .store import account_from_json
 
 if TYPE_CHECKING:
     from redis.client import PubSub
 
     from ..hub import Group
-    from . import ClusterHub
+    from . import AccountEvents, ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")
 
@@ -90,9 +91,11 @@ class RedisBackplane:
     cluster = True
 
     def __init__(self, hub: ClusterHub, url: str, node: str | None, ttl: float, *,
-                 kick_local: Callable[[str], object],
-                 schedule_flush: Callable[[], None]) -> None:
+                 kick_local: Callable[[str, str], object],
+                 schedule_flush: Callable[[], None],
+                 accounts: AccountEvents | None = None) -> None:
         self.hub = hub
+        self.accounts = accounts
         # The server's, for the jobs: end a session of this node (a kick from another
         # node, a name lost to an older claim); send what was queued, this loop turn.
         self.kick_local = kick_local
@@ -258,15 +261,41 @@ class RedisBackplane:
         self.post(E.Release(P.name_key(name)))
         self.wake()
 
-    def kick(self, name: str) -> tuple[str, str] | None:
+    def kick(self, name: str, reason: str = "kicked") -> tuple[str, str] | None:
         user = self.hub.remote_users.get(P.name_key(P.normalize(name)))
         if user is None:
             return None
-        self._control(keys.node_channel(user.node), {"type": "kick", "name": user.name})
+        self._control(keys.node_channel(user.node),
+                      {"type": "kick", "name": user.name, "reason": reason})
         deadline = time.monotonic() + KICK_WAIT_S
         while self.hub.remote_users.get(user.key) is user and time.monotonic() < deadline:
             gevent.sleep(0.02)  # the name is free once its node's logout arrived
         return user.name, user.node
+
+    def replace(self, name: str) -> bool:
+        return self.kick(name, "replaced") is not None
+
+    def account_changed(self, key: str) -> None:
+        self._control(keys.CTL, {"type": "account", "node": self.node, "key": key})
+
+    def login_failed(self, key: str, at: float) -> None:
+        self._control(keys.CTL, {"type": "loginfail", "node": self.node, "key": key, "at": at})
+
+    def fetch_account(self, key: str) -> None:
+        """Another node changed an account: read it from Redis and tell the server
+        (a greenlet of its own, so the listener never waits for it)."""
+        if self.accounts is None:
+            return
+        try:
+            raw = self.redis.hget(keys.ACCOUNTS, key)
+            last = self.redis.hget(keys.ACCOUNT_LOGINS, key)
+        except conn.ERRORS as err:
+            log.warning("cluster: cannot read account %s from Redis: %s", key, err)
+            return
+        account = None if raw is None else account_from_json(
+            raw, float(last) if last is not None else None)
+        self.accounts.account_updated(key, account)
+        self.schedule_flush()
 
     def announce(self, text: str, group: Group | None) -> int:
         self._control(keys.CTL, {"type": "announce", "node": self.node, "text": text,

@@ -336,7 +336,7 @@ class Publisher:
         for user in conflicts:
             log.warning("user %s: name taken by another node during the outage; disconnecting",
                         user.name)
-            bp.kick_local(user.name)
+            bp.kick_local(user.name, "kicked")
         if done is not None:
             done.set(True)
 

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import unicodedata
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PASSWORD_MIN = 8
@@ -302,6 +303,9 @@ class AccountBook:
         self.token_ttl = token_ttl
         self.accounts: dict[str, Account] = {a.key: a for a in accounts}
         self.throttle = LoginThrottle()
+        # Told of every failed login to an existing account (the cluster counts them
+        # on every node); failures other nodes report go to `throttle.failed` directly.
+        self.on_failure: Callable[[str, float], None] | None = None
 
     # -- the register of accounts
 
@@ -371,6 +375,8 @@ class AccountBook:
             # Wrong, or the account changed while the hash ran (deleted, password reset).
             if current is not None:
                 self.throttle.failed(current.key, now)
+                if self.on_failure is not None:
+                    self.on_failure(current.key, now)
             return Refused(LOGIN_FAILED, "failed")
         if current.suspended:
             return Refused(suspended_line(check.name), "")
