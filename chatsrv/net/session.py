@@ -35,6 +35,7 @@ from ..core import accounts as A
 from ..core import framing
 from ..core.framing import LEGACY_SILENCE_S, FramingError
 from ..hub import LoginRefused, User
+from ..passwords import needs_rehash
 from ..ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -390,8 +391,12 @@ class Session:
             self.write(P.encode(A.password_prompt(step.name)))
             return None
         if isinstance(step, A.CheckPassword):
-            ok = self.server.hasher.verify(step.phc, step.password)
-            step = book.checked(step, ok, time.time())
+            check = step
+            ok = self.server.hasher.verify(check.phc, check.password)
+            step = book.checked(check, ok, time.time())
+            if isinstance(step, A.LoggedIn) and needs_rehash(step.account.phc):
+                # Made with older parameters: store today's, after this login.
+                gevent.spawn(self.server.account_service.rehash, step.account, check.password)
         if isinstance(step, A.Guest):
             return self._guest_login(step.name)
         if isinstance(step, A.Refused):

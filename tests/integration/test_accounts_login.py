@@ -5,6 +5,7 @@ same SQLite file and argon2id hashes the server writes itself)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -256,3 +257,77 @@ def test_account_commands_when_disabled_or_required(accounts_server, connect):
     client.send("alice correct-horse")
     welcome(client, "alice")
     assert client.request("register another-pass") == "error: already registered: alice"
+
+
+def test_old_hash_parameters_are_rehashed_at_login(tmp_path, make_server, connect):
+    """A hash made with other argon2 parameters (an older release) still logs in,
+    and the login stores a hash of today's parameters (tokens stay valid)."""
+    from argon2 import PasswordHasher
+
+    from chatsrv.store.sqlite import SqliteStore
+
+    old = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("old-params-pw")
+    store = SqliteStore(tmp_path / "data")
+    store.load(10)
+    store.add_account(Account("olga", old, time.time()))
+    store.close()
+    server = make_server(rate_limit=0, accounts="optional")
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("olga old-params-pw")
+    welcome(client, "olga")
+    token = client.request("token").removeprefix("ok: token ")
+    db = sqlite3.connect(f"file:{tmp_path / 'data' / 'chatsrv.db'}?mode=ro", uri=True)
+    deadline = time.monotonic() + 10
+    while (phc := db.execute("SELECT phc FROM accounts").fetchone()[0]) == old:
+        assert time.monotonic() < deadline, "not rehashed"
+        time.sleep(0.05)
+    db.close()
+    assert phc.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert passwords.verify_password(phc, "old-params-pw")
+    server.stop()
+    server = make_server(rate_limit=0, accounts="optional")
+    again = connect(server)
+    again.expect(PROMPT)
+    again.send(f"olga {token}")
+    welcome(again, "olga")
+
+
+def test_two_logins_to_one_account_at_once_leave_exactly_one(accounts_server, connect):
+    server = accounts_server()
+    clients = [connect(server) for _ in range(6)]
+    for client in clients:
+        client.expect(PROMPT)
+    for client in clients:
+        client.send("alice correct-horse")
+    for client in clients:
+        welcome(client, "alice")  # each logs in, and each later one replaces the one before
+    watcher = connect(server)
+    watcher.expect(PROMPT)
+    watcher.send("zed")
+    welcome(watcher, "zed")
+    deadline = time.monotonic() + 5
+    while (users := watcher.request("users")) != "users: alice zed":
+        assert time.monotonic() < deadline, users
+    survivors = [c for c in clients if not c.closed(wait=0.5)]
+    assert len(survivors) == 1
+    survivors[0].sync()  # still served
+
+
+def test_hostile_secrets(accounts_server, connect):
+    server = accounts_server()
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send("alice")
+    client.expect("password for alice:")
+    client.send("x" * 10_000)  # longer than --max-line: a framing error, then the prompt
+    assert client.read_line().startswith("error: line too long")
+    client.expect(PROMPT)
+    for secret in ("ct1.zzzzzz.AAAA", "ct1." + "9" * 60 + ".x", "pass\tword-ok"):
+        client.send(f"alice {secret}")
+        line = client.read_line()
+        assert line in ("error: login failed", "error: too many failed logins"), line
+        if line == "error: too many failed logins":
+            assert client.closed()
+            break
+        client.expect(PROMPT)
