@@ -47,8 +47,8 @@ from gevent.pywsgi import Input, LoggingLogAdapter, WSGIHandler, WSGIServer
 from prometheus_client import make_wsgi_app
 
 from . import __version__
-from . import protocol as P
 from .auth import bearer_ok
+from .core import protocol as P
 from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
 from .metrics import DISCONNECT_REASONS, make_registry
 

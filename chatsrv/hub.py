@@ -48,12 +48,12 @@ from itertools import islice
 from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
-from . import protocol as P
 from .core import events as E
+from .core import protocol as P
+from .core.createrate import CreateRate
 from .core.events import new_public
-from .createrate import CreateRate
-from .histogram import Histogram
-from .protocol import ProtocolError
+from .core.histogram import Histogram
+from .core.protocol import ProtocolError
 
 GENERAL = P.GENERAL
 

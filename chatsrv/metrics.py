@@ -32,7 +32,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .histogram import Histogram
+from .core.histogram import Histogram
 
 if TYPE_CHECKING:
     from .server import ChatServer

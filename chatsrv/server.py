@@ -19,11 +19,12 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from . import protocol as P
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
-from .createrate import CreateRate
+from .core import protocol as P
+from .core.createrate import CreateRate
+from .core.limits import PER_IP, RATE, AddressLimits, address_key
 from .http import AdminHTTP
 from .hub import (
     GENERAL,
@@ -37,7 +38,6 @@ from .hub import (
     LoginRefused,
     User,
 )
-from .limits import PER_IP, RATE, AddressLimits, address_key
 from .net.acceptor import Acceptor, listening_socket
 from .net.session import Session
 from .net.sockio import SockIO

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
+from ..core import protocol as P
 from ..hub import ClusterUnavailable, LoginRefused
 from . import conn, keys
 from .heartbeat import Heartbeat

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
+from ..core import protocol as P
 from ..hub import GENERAL, ClusterUnavailable
 from . import conn, keys
 

@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import Timeout
 
-from .. import protocol as P
 from ..core import framing
+from ..core import protocol as P
 from ..core.framing import LEGACY_SILENCE_S, FramingError
+from ..core.ratelimit import RateLimiter
 from ..hub import LoginRefused, User
-from ..ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ..server import ChatServer

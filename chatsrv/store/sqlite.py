@@ -29,7 +29,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..protocol import GENERAL
+from ..core.protocol import GENERAL
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
 

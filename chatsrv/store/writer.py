@@ -36,7 +36,7 @@ import gevent
 from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
-from .. import protocol as P
+from ..core import protocol as P
 from ..hub import ClusterUnavailable, GroupTaken
 from .base import Entry, GroupRecord, Store
 

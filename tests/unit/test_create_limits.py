@@ -7,9 +7,9 @@ from hubkit import FakeClock as Clock
 from hubkit import lines
 
 from chatsrv.core import events
-from chatsrv.createrate import CreateRate
+from chatsrv.core.createrate import CreateRate
+from chatsrv.core.limits import address_key
 from chatsrv.hub import Hub, User
-from chatsrv.limits import address_key
 
 # ---------------------------------------------------------------- the bucket
 

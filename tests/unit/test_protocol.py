@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsrv import protocol as P
-from chatsrv.protocol import Command, ProtocolError, parse_line
+from chatsrv.core import protocol as P
+from chatsrv.core.protocol import Command, ProtocolError, parse_line
 
 # ---------------------------------------------------------------- names
 
