@@ -49,7 +49,13 @@ from prometheus_client import make_wsgi_app
 from . import __version__
 from .auth import bearer_ok
 from .core import protocol as P
-from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
+from .core.errors import (
+    CreateFailed,
+    DeleteFailed,
+    GroupExists,
+    ProtocolError,
+    TooManyGroups,
+)
 from .metrics import DISCONNECT_REASONS, make_registry
 
 if TYPE_CHECKING:
@@ -243,7 +249,7 @@ class AdminAPI:
             raise HTTPError(409, _text(err)) from None
         except CreateFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
@@ -253,7 +259,7 @@ class AdminAPI:
             deleted = self.server.delete_group(name)
         except DeleteFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         if deleted is None:
             raise HTTPError(404, f"no such group: {name}")

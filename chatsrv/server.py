@@ -24,20 +24,20 @@ from .backplane import open_backplane
 from .config import Config
 from .core import protocol as P
 from .core.createrate import CreateRate
-from .core.limits import PER_IP, RATE, AddressLimits, address_key
-from .http import AdminHTTP
-from .hub import (
-    GENERAL,
+from .core.errors import (
     ClusterUnavailable,
     CreateFailed,
     DeleteFailed,
-    Group,
     GroupExists,
     GroupPending,
-    Hub,
     LoginRefused,
-    User,
+    ProtocolError,
 )
+from .core.hub import Hub
+from .core.limits import PER_IP, RATE, AddressLimits, address_key
+from .core.model import Group, User
+from .core.protocol import GENERAL
+from .http import AdminHTTP
 from .net.acceptor import Acceptor, listening_socket
 from .net.session import Session
 from .net.sockio import SockIO
@@ -450,8 +450,8 @@ class ChatServer:
         if not hub.durable:
             hub.group_committed(group, None)
             return group
-        hub.uncommitted.append((None, group))
-        self.writer.settle(self.writer.take_pending())
+        hub.commits.uncommitted.append((None, group))
+        self.writer.settle(hub.commits.take())
         existing = hub.groups.get(group.key)
         if existing is not None and existing is not group:  # another node's, in a cluster
             raise GroupExists(P.group_exists(existing.name))
@@ -473,7 +473,7 @@ class ChatServer:
         if group is None:
             return None
         if group.key == P.name_key(GENERAL):
-            raise P.ProtocolError(f"error: {GENERAL} cannot be deleted")
+            raise ProtocolError(f"error: {GENERAL} cannot be deleted")
         hub.remove_group(group)
         self.schedule_flush()
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..hub import Group
+    from ..core.model import Group
     from ..net.session import Session
     from ..server import ChatServer
 

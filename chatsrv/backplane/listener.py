@@ -23,7 +23,7 @@ from gevent.event import AsyncResult, Event
 
 from ..core import events as E
 from ..core import protocol as P
-from ..hub import ClusterUnavailable
+from ..core.errors import ClusterUnavailable
 from . import conn, keys
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from gevent.event import AsyncResult, Event
 
 from ..core import events as E
 from ..core import protocol as P
-from ..hub import ClusterUnavailable, LoginRefused
+from ..core.errors import ClusterUnavailable, LoginRefused
 from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
@@ -41,7 +41,7 @@ from .publisher import SUBSCRIBE_WAIT_S, Publisher
 if TYPE_CHECKING:
     from redis.client import PubSub
 
-    from ..hub import Group
+    from ..core.model import Group
     from ..net.session import Session
     from ..server import ChatServer
 

@@ -27,11 +27,12 @@ from gevent.event import AsyncResult, Event
 
 from ..core import events as E
 from ..core import protocol as P
-from ..hub import GENERAL, ClusterUnavailable
+from ..core.errors import ClusterUnavailable
+from ..core.protocol import GENERAL
 from . import conn, keys
 
 if TYPE_CHECKING:
-    from ..hub import Group, User
+    from ..core.model import Group, User
     from .node import NameClaim, RedisBackplane
 
 log = logging.getLogger("chatsrv.backplane")

@@ -3,7 +3,7 @@ queued lines (imported by the unit tests, as tests/cluster/rediskit.py is)."""
 
 from __future__ import annotations
 
-from chatsrv.hub import User
+from chatsrv.core.model import User
 
 
 class FakeClock:
