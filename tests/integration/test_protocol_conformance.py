@@ -17,7 +17,7 @@ import unicodedata
 from datetime import datetime, timezone
 
 import pytest
-from conftest import start_server
+from conftest import start_server, wait_for
 
 PROMPT = "enter a username:"
 PONG = "ok: pong"
@@ -228,8 +228,7 @@ def test_invalid_utf8_is_rejected_and_the_connection_stays_open(two):
 @pytest.mark.parametrize("blank", [b"\n", b"   \n", b"\t\n", b" \t \t\n", b"\r\n", b" \r\n"])
 def test_blank_line_after_login_gets_no_reply(solo, blank):
     alice = solo
-    alice.send(blank)
-    alice.no_line(0.2)
+    alice.send(blank)  # the pong below is the next line: no reply came before it
     alice.send(blank * 3 + b"ping\n")
     alice.expect(PONG)
 
@@ -1017,7 +1016,9 @@ def test_disconnect_at_the_prompt_sends_no_notice(server, login, connect):
     client.expect(PROMPT)
     client.send(b"bob")  # no LF: never logged in
     client.close()
-    time.sleep(0.1)
+    # Barrier: the server has ended that session (logged) before alice's ping, so
+    # a notice it sent would arrive before her pong.
+    wait_for(lambda: "disconnect id=2 " in server.log(), "the prompt session's end")
     quiet(alice)
     login(server, "bob")
 

@@ -267,7 +267,9 @@ def test_create_not_committed_in_time_fails_and_a_late_commit_is_undone(quick):
     while not store.deleted and time.monotonic() < deadline:
         gevent.sleep(0.01)
     assert store.created == ["Dev"] and store.deleted == ["Dev"]
-    gevent.sleep(0.05)
+    # Barrier instead of a sleep: a round trip through the writer thread, whose
+    # result comes back after the late commit's (so its callback has run).
+    writer.pool.apply(lambda: None)
     assert lines(alice) == [] and "dev" not in hub.groups and writer.stalled() == 0
     hub.handle(alice, "create Dev")  # free again, and the store answers now
     writer.settle()
