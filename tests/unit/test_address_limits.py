@@ -1,4 +1,4 @@
-"""Per-address limits (chatsrv/limits.py) with a fake clock: no sockets, no sleeping."""
+"""Per-address limits (chatsrv/core/limits.py) with a fake clock: no sockets, no sleeping."""
 
 from __future__ import annotations
 
