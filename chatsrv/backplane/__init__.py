@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ..config import Config
     from ..core import events as E
-    from ..hub import Group, RemoteUser, User
+    from ..core.model import Group, RemoteUser, User
 
 
 class ClusterHub(Protocol):

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import ClusterUnavailable, LoginRefused
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable, LoginRefused
 from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
@@ -42,7 +42,7 @@ from .publisher import SUBSCRIBE_WAIT_S, Publisher
 if TYPE_CHECKING:
     from redis.client import PubSub
 
-    from ..hub import Group
+    from ..core.model import Group
     from . import ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 
-from ..hub import ClusterUnavailable, GroupTaken
-from ..protocol import GENERAL, name_key
+from ..core.errors import ClusterUnavailable, GroupTaken
+from ..core.protocol import GENERAL, name_key
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
 

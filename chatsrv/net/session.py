@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import Timeout
 
-from .. import protocol as P
 from ..core import framing
+from ..core import protocol as P
+from ..core.commits import Pending
+from ..core.errors import LoginRefused
 from ..core.framing import LEGACY_SILENCE_S, FramingError
-from ..hub import LoginRefused, User
-from ..ratelimit import RateLimiter
+from ..core.model import User
+from ..core.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ..server import ChatServer
@@ -417,6 +419,7 @@ class Session:
         reason `sendq` before another command runs: pipelined `history` or
         `groups` cannot make the server hold more than about --sendq for it)."""
         hub = self.server.hub
+        commits = hub.commits
         user = self.user
         assert user is not None  # commands run only after the login phase
         limiter = self.limiter
@@ -444,7 +447,8 @@ class Session:
             if hub.handle(user, text):
                 self.abort("exit")
                 return
-            if hub.uncommitted or hub.blocked or hub.queries:  # a reply waits for the store
+            if commits.uncommitted or commits.blocked or commits.queries:  # a reply waits
+                # for the store (or Redis): see core/commits.py
                 self._wait_for_store(lines[i + 1:])
                 return
 
@@ -509,7 +513,7 @@ class Session:
         it sent is held, in order, for when the reply is in."""
         self.sock.reading.stop()
         self.server.schedule_flush()
-        pending = self.server.writer.take_pending()
+        pending = self.server.hub.commits.take()
         self.paused = gevent.spawn(self._settle, pending, lines)
         self.sock.reading.start(self._hold)
 
@@ -525,7 +529,7 @@ class Session:
         if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
             self.sock.reading.stop()
 
-    def _settle(self, pending, lines: list[bytes]) -> None:
+    def _settle(self, pending: Pending, lines: list[bytes]) -> None:
         try:
             self.server.writer.settle(pending)
         finally:
