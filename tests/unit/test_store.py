@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import gevent
 import pytest
@@ -319,7 +320,9 @@ def test_writer_commits_creates_and_retries_failed_history():
     assert writer.stats.failures == 1 and store.written == []
     hub.handle(alice, "public General b")
     writer.start()
-    gevent.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not store.written and time.monotonic() < deadline:  # the flusher's next turn
+        gevent.sleep(0.01)
     writer.close()
     assert store.written == [("General", ["a", "b"])]
 
