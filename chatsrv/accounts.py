@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import protocol as P
+from .core import protocol as P
 from .core.accounts import Account, AccountBook, account_key, password_problem
-from .hub import ClusterUnavailable
+from .core.errors import ClusterUnavailable
 
 log = logging.getLogger("chatsrv.accounts")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .auth import is_loopback
-from .limits import Network, parse_networks
+from .core.limits import Network, parse_networks
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 

@@ -49,15 +49,21 @@ from gevent.pywsgi import Input, LoggingLogAdapter, WSGIHandler, WSGIServer
 from prometheus_client import make_wsgi_app
 
 from . import __version__
-from . import protocol as P
 from .accounts import AccountError, Exists, Invalid, NotFound, Unavailable
 from .auth import bearer_ok
+from .core import protocol as P
 from .core.accounts import Account
-from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
+from .core.errors import (
+    CreateFailed,
+    DeleteFailed,
+    GroupExists,
+    ProtocolError,
+    TooManyGroups,
+)
 from .metrics import DISCONNECT_REASONS, ChatCounters, Scrape, make_registry
 
 if TYPE_CHECKING:
-    from .hub import Group, RemoteUser, User
+    from .core.model import Group, RemoteUser, User
 
 log = logging.getLogger("chatsrv.http")
 audit = logging.getLogger("chatsrv.admin")
@@ -335,7 +341,7 @@ class AdminAPI:
             raise HTTPError(409, _text(err)) from None
         except CreateFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
@@ -345,7 +351,7 @@ class AdminAPI:
             deleted = self.admin.delete_group(name)
         except DeleteFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         if deleted is None:
             raise HTTPError(404, f"no such group: {name}")

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .histogram import Histogram
+from .core.histogram import Histogram
 
 KINDS = ("public", "private")
 DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown",

@@ -26,28 +26,27 @@ from typing import Any, cast
 import gevent
 from gevent.event import Event
 
-from . import protocol as P
 from .accounts import AccountError, AccountService
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config
+from .core import protocol as P
 from .core.accounts import Account, AccountBook, AccountWork, Register
-from .createrate import CreateRate
-from .http import AdminHTTP, Connection
-from .hub import (
-    GENERAL,
+from .core.createrate import CreateRate
+from .core.errors import (
     ClusterUnavailable,
     CreateFailed,
     DeleteFailed,
-    Group,
     GroupExists,
     GroupPending,
-    Hub,
     LoginRefused,
-    RemoteUser,
-    User,
+    ProtocolError,
 )
-from .limits import PER_IP, RATE, AddressLimits, address_key
+from .core.hub import Hub
+from .core.limits import PER_IP, RATE, AddressLimits, address_key
+from .core.model import Group, RemoteUser, User
+from .core.protocol import GENERAL
+from .http import AdminHTTP, Connection
 from .metrics import ChatCounters, ClusterScrape, Scrape, StoreScrape
 from .net.acceptor import Acceptor, listening_socket
 from .net.hashing import Hasher
@@ -547,8 +546,8 @@ class ChatServer:
         if not hub.durable:
             hub.group_committed(group, None)
             return group
-        hub.uncommitted.append((None, group))
-        self.writer.settle(self.writer.take_pending())
+        hub.commits.uncommitted.append((None, group))
+        self.writer.settle(hub.commits.take())
         existing = hub.groups.get(group.key)
         if existing is not None and existing is not group:  # another node's, in a cluster
             raise GroupExists(P.group_exists(existing.name))
@@ -570,7 +569,7 @@ class ChatServer:
         if group is None:
             return None
         if group.key == P.name_key(GENERAL):
-            raise P.ProtocolError(f"error: {GENERAL} cannot be deleted")
+            raise ProtocolError(f"error: {GENERAL} cannot be deleted")
         hub.remove_group(group)
         self.schedule_flush()
         try:

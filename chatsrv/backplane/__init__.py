@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..core import events as E
     from ..core.accounts import Account
-    from ..hub import Group, RemoteUser, User
+    from ..core.model import Group, RemoteUser, User
 
 
 class ClusterHub(Protocol):

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import ClusterUnavailable
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable
 from . import conn, keys
 
 if TYPE_CHECKING:

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import ClusterUnavailable, LoginRefused
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable, LoginRefused
 from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
@@ -43,7 +43,7 @@ from .store import account_from_json
 if TYPE_CHECKING:
     from redis.client import PubSub
 
-    from ..hub import Group
+    from ..core.model import Group
     from . import AccountEvents, ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import GENERAL, ClusterUnavailable
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable
+from ..core.protocol import GENERAL
 from . import conn, keys
 
 if TYPE_CHECKING:
-    from ..hub import Group, User
+    from ..core.model import Group, User
     from .node import NameClaim, RedisBackplane
 
 log = logging.getLogger("chatsrv.backplane")

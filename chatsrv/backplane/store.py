@@ -19,8 +19,8 @@ import json
 import logging
 
 from ..core.accounts import Account
-from ..hub import ClusterUnavailable, GroupTaken
-from ..protocol import GENERAL, name_key
+from ..core.errors import ClusterUnavailable, GroupTaken
+from ..core.protocol import GENERAL, name_key
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
 

@@ -30,13 +30,15 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import Timeout
 
-from .. import protocol as P
 from ..core import accounts as A
 from ..core import framing
+from ..core import protocol as P
+from ..core.commits import Pending
+from ..core.errors import LoginRefused
 from ..core.framing import LEGACY_SILENCE_S, FramingError
-from ..hub import LoginRefused, User
+from ..core.model import User
+from ..core.ratelimit import RateLimiter
 from ..passwords import needs_rehash
-from ..ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from ..server import ChatServer
@@ -499,6 +501,7 @@ class Session:
         reason `sendq` before another command runs: pipelined `history` or
         `groups` cannot make the server hold more than about --sendq for it)."""
         hub = self.server.hub
+        commits = hub.commits
         user = self.user
         assert user is not None  # commands run only after the login phase
         limiter = self.limiter
@@ -526,7 +529,8 @@ class Session:
             if hub.handle(user, text):
                 self.abort("exit")
                 return
-            if hub.uncommitted or hub.blocked or hub.queries:  # a reply waits for the store
+            if commits.uncommitted or commits.blocked or commits.queries:  # a reply waits
+                # for the store (or Redis): see core/commits.py
                 self._wait_for_store(lines[i + 1:])
                 return
             if hub.account_work:  # `register` or `password`: a hash, then the disk
@@ -592,7 +596,7 @@ class Session:
         Meanwhile the socket is still read (`_hold`), so a peer that closes is
         noticed at once and its name is free, however long the store takes; what
         it sent is held, in order, for when the reply is in."""
-        pending = self.server.writer.take_pending()
+        pending: Pending = self.server.hub.commits.take()
         self._wait(self.server.writer.settle, pending, lines)
 
     def _wait_for_accounts(self, lines: list[bytes]) -> None:

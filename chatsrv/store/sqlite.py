@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.accounts import Account
-from ..protocol import GENERAL
+from ..core.protocol import GENERAL
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
 
@@ -246,7 +246,7 @@ class SqliteStore(Store):
     def _newest(self, keep: int, budget: int | None) -> dict[int, list[Entry]]:
         """Each group's last `keep` entries, newest chunks of the whole store first,
         as long as they fit in `budget`: the memory budget holds at start too."""
-        from ..hub import entry_size
+        from ..core.model import entry_size
 
         left = float("inf") if budget is None else budget
         wanted = {gid: keep for gid in self.stored}

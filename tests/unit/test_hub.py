@@ -7,7 +7,8 @@ from hubkit import FakeClock, lines
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsrv.hub import Hub, LoginRefused
+from chatsrv.core.errors import LoginRefused
+from chatsrv.core.hub import Hub
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatsrv.histogram import Histogram
-from chatsrv.hub import Stats
+from chatsrv.core.histogram import Histogram
+from chatsrv.core.hub import Stats
 from chatsrv.metrics import ChatCollector, ClusterScrape, Scrape, StoreScrape
 from chatsrv.store.writer import WriterStats
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 
 import gevent
 import pytest
 
 from chatsrv.core.accounts import Account
-from chatsrv.hub import Hub
+from chatsrv.core.hub import Hub
 from chatsrv.store import GroupRecord, MemoryStore, StoreError
 from chatsrv.store import sqlite as S
 from chatsrv.store.lock import DirLock
@@ -265,17 +266,17 @@ def test_durable_create_waits_for_the_commit(hub):
     alice = hub.login("alice")
     lines(alice)
     hub.handle(alice, "create Dev")
-    assert lines(alice) == [] and hub.uncommitted == [(alice, hub.reserved["dev"])]
+    assert lines(alice) == [] and hub.commits.uncommitted == [(alice, hub.commits.reserved["dev"])]
     hub.handle(alice, "groups")
     assert lines(alice) == ["groups: General"]  # not visible before the commit
     bob = hub.login("bob")
     lines(alice)
     hub.handle(bob, "create DEV")
     hub.handle(bob, "join Dev")
-    assert lines(bob)[2:] == [] and [line for _, _, line in hub.blocked] == ["create DEV",
+    assert lines(bob)[2:] == [] and [line for _, _, line in hub.commits.blocked] == ["create DEV",
                                                                              "join Dev"]
-    (creator, group), = hub.uncommitted
-    hub.uncommitted.clear()
+    (creator, group), = hub.commits.uncommitted
+    hub.commits.uncommitted.clear()
     hub.group_committed(group, creator)
     assert lines(alice) == ["ok: created group Dev"] and "dev" in hub.groups
 
@@ -283,14 +284,14 @@ def test_durable_create_waits_for_the_commit(hub):
 def test_failed_commit_frees_the_name(hub):
     alice = hub.login("alice")
     hub.handle(alice, "create Dev")
-    (creator, group), = hub.uncommitted
+    (creator, group), = hub.commits.uncommitted
     lines(alice)
-    hub.group_not_committed(group, creator)
+    hub.commits.not_committed(group, creator)
     assert lines(alice) == ["error: group not created, storage failed: Dev"]
-    assert "dev" not in hub.groups and "dev" not in hub.reserved
+    assert "dev" not in hub.groups and "dev" not in hub.commits.reserved
     hub.logout(alice)
     hub.handle(hub.login("bob"), "create Dev")  # free again
-    assert hub.uncommitted[-1][1].name == "Dev"
+    assert hub.commits.uncommitted[-1][1].name == "Dev"
 
 
 def test_journal_takes_the_newest_unsaved_entries_once(hub):
@@ -316,7 +317,7 @@ def test_non_durable_hub_answers_at_once_and_journals_nothing():
     hub.handle(alice, "create Dev")
     hub.handle(alice, "public General x")
     assert lines(alice) == ["ok: created group Dev"]
-    assert hub.uncommitted == [] and hub.journal is None and hub.take_unsaved() == []
+    assert hub.commits.uncommitted == [] and hub.journal is None and hub.take_unsaved() == []
 
 
 def test_restore_group_puts_back_history_within_the_ring(hub):
@@ -363,13 +364,15 @@ def test_writer_commits_creates_and_retries_failed_history():
     writer.settle()
     assert lines(alice) == ["ok: created group Dev",
                             "error: group not created, storage failed: Broken"]
-    assert store.groups == ["Dev"] and "broken" not in hub.reserved
+    assert store.groups == ["Dev"] and "broken" not in hub.commits.reserved
     hub.handle(alice, "public General a")
     writer.flush()  # fails: kept for the next flush
     assert writer.stats.failures == 1 and store.written == []
     hub.handle(alice, "public General b")
     writer.start()
-    gevent.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not store.written and time.monotonic() < deadline:  # the flusher's next turn
+        gevent.sleep(0.01)
     writer.close()
     assert store.written == [("General", ["a", "b"])]
 
@@ -393,7 +396,7 @@ def test_commands_naming_a_group_being_committed_wait_for_it():
 
     def run(user, line):
         hub.handle(user, line)
-        if hub.uncommitted or hub.blocked:
+        if hub.commits.uncommitted or hub.commits.blocked:
             writer.settle()
         order.append((user.name, line))
 
