@@ -16,7 +16,8 @@ from chatsrv.core.errors import LoginRefused
 from chatsrv.core.hub import Hub
 
 PONG = "ok: pong"
-HELP = "ok: commands: create join leave groups users public private exit history help ping"
+HELP = ("ok: commands: create join leave groups users public private exit history help ping"
+        " register password token")
 INVALID_NAME = "error: invalid username: "
 INVALID_GROUP = "error: invalid group name: "
 CONTROL = "error: control characters are not allowed"
