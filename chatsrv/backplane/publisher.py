@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any, cast
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import GENERAL, ClusterUnavailable
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable
+from ..core.protocol import GENERAL
 from . import conn, keys
 
 if TYPE_CHECKING:
-    from ..hub import Group, User
+    from ..core.model import Group, User
     from .node import NameClaim, RedisBackplane
 
 log = logging.getLogger("chatsrv.backplane")
@@ -328,7 +329,7 @@ class Publisher:
         user = hub.users.get(P.name_key(event.sender))
         if user is not None:
             hub.reply(user, P.CLUSTER_UNAVAILABLE)
-            self.bp.server.schedule_flush()
+            self.bp.schedule_flush()
 
     def heard(self, node: str) -> None:
         """`node` published its state: it follows its groups' channels again."""
@@ -427,7 +428,7 @@ class Publisher:
         for user in conflicts:
             log.warning("user %s: name taken by another node during the outage; disconnecting",
                         user.name)
-            bp.server.kick(user.name, local_only=True, replaced=True)
+            bp.kick_local(user.name, "replaced")
         if done is not None:
             done.set(True)
 
@@ -463,7 +464,7 @@ class Publisher:
         alive = {n.decode() for n in results[-1]}
         for gone in {u.node for u in hub.remote_users.values()} - alive:
             hub.node_gone(gone)
-        bp.server.schedule_flush()
+        bp.schedule_flush()
         return [u for u, ok in zip(users, results[first:first + len(users)], strict=True)
                 if ok != 1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatsrv import protocol as P
+from chatsrv.core import protocol as P
 from chatsrv.core.names import bad_text, invisible, skeleton
 
 ALICES = [
