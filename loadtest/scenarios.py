@@ -8,6 +8,8 @@ ChattyUser   chatty   joins --chat-join of --chat-groups groups, posts --chat-ra
 PrivateUser  private  paired with another PrivateUser, sends --private-rate msg/s to it
 LurkerUser   lurkers  joins --chat-join groups, then only reads
 ChurnUser    churn    connect, login, groups, join, one post, exit; pause; repeat
+AccountUser  accounts register once (guest + `register` + `token`), then log in again
+                      by token (3/4) or password (1/4); pause; repeat
 
 Every delivery a user receives fires `deliver public` / `deliver private` with
 the end-to-end latency; see docs/loadtesting.md for how failures are decided.
@@ -374,6 +376,67 @@ class ChurnUser(ChatUser):
         if self.join_group(group):
             self.post("public", group)
         self.drop_session(polite=True)
+
+
+class AccountUser(ChatUser):
+    """Logins to accounts (`--accounts optional`, the default): register once, then
+    log in again and again, by password (argon2id on the server) or by token.
+
+    Measures login storms, e.g. every student logging in again after a restart:
+    `login password` and `login token` events (connect to `you joined ...`), and
+    `register`. Three token logins for one password login, like clients that keep
+    a token ("remember me")."""
+
+    role = "a"
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.password = uuid.uuid4().hex  # 32 characters: a valid password
+        self.token = ""
+
+    def mean_interval(self) -> float:
+        return self.opt("churn_pause")
+
+    def wait_time(self) -> float:
+        return _jittered(self.mean_interval())
+
+    def setup(self) -> bool:
+        """First session: a guest that registers its name and keeps a token."""
+        registered = self.chat.call("register", f"register {self.password}",
+                                    ok_with("registered"))
+        reply = self.chat.call("token", "token", ok_with("token")) if registered else None
+        if reply is None:
+            return False
+        self.token = reply.raw.split("ok: token ", 1)[1].strip()
+        return True
+
+    def _login_again(self, event: str, secret: str) -> None:
+        self.drop_session(polite=True)
+        host, port = parse_host(self.host)
+        chat = ChatClient(host, port, self.fire, self.on_delivery, self.opt("reply_timeout"))
+        self.chat = chat
+        if not chat.connect():
+            self.drop_session(polite=False)
+            return
+        # The one-line form; only the event name reaches Locust's statistics.
+        reply = chat.call(event, f"{self.name} {secret}", of_kind(Kind.JOINED_GENERAL),
+                          partial=of_kind(Kind.CONNECTED))
+        if reply is None:
+            self.drop_session(polite=False)
+        else:
+            chat.name = self.name
+
+    @tag("accounts")
+    @task(3)
+    def token_login(self) -> None:
+        if self.ensure_session() and self.token:
+            self._login_again("login token", self.token)
+
+    @tag("accounts")
+    @task(1)
+    def password_login(self) -> None:
+        if self.ensure_session() and self.token:
+            self._login_again("login password", self.password)
 
 
 def _jittered(mean: float) -> float:

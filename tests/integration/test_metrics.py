@@ -172,7 +172,8 @@ def dashboard_expressions() -> list[str]:
 
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "time", "label_values", "le",
-    "instance", "kind", "command", "reason", "job", "without", "avg", "max", "min", "irate",
+    "instance", "kind", "command", "reason", "result", "job", "without", "avg", "max", "min",
+    "irate",
 }
 
 
@@ -191,7 +192,8 @@ def test_dashboard_has_every_panel_and_the_instance_variable():
     for words in ("connections and users", "groups", "messages per second by kind",
                   "deliveries per second", "commands per second by command",
                   "disconnects by reason", "fan-out time p50 / p99", "login time p99",
-                  "send queues", "cpu", "resident memory", "file descriptors"):
+                  "send queues", "cpu", "resident memory", "file descriptors",
+                  "logins by result"):
         assert words in titles, words
     assert any(v["name"] == "instance" for v in dash["templating"]["list"])
     for expr in dashboard_expressions():

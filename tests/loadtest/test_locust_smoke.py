@@ -129,6 +129,19 @@ def test_a_misordered_delivery_fails_the_run(faulty_proxy, tmp_path):
     assert count(stats, "deliver public") == 0 and count(stats, "exit") == 0  # private only
 
 
+def test_account_logins_by_password_and_token(server, tmp_path):
+    """The accounts scenario against a real server (--accounts optional, the default):
+    each user registers, then logs in again by token and by password, 0 failures."""
+    code, stats, failures, output = run_locust(
+        server.host, server.port, tmp_path, "--tags", "accounts", users=6, seconds=6,
+        env={"LOADTEST_CHURN_PAUSE": "0.3"},
+    )
+    assert failures == [] and code == 0, output[-3000:]
+    assert count(stats, "register") >= 6, output[-3000:]
+    assert count(stats, "login token") >= 3 and count(stats, "login password") >= 1, \
+        output[-3000:]
+
+
 def test_the_shape_ramps_holds_and_stops_by_itself(server, tmp_path):
     # No -t: the shape alone ends the run, after a 1 s ramp to 20 users and a 3 s hold.
     code, stats, failures, output = run_locust(
