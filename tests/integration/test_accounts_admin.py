@@ -51,6 +51,30 @@ def test_create_list_and_log_in(srv):
     welcomed(log_in(srv, "alice correct-horse"), "alice")
 
 
+def test_look_alike_account_names_are_taken(srv):
+    """PROTOCOL.md v2 "Look-alike names": accounts too. An account of a name that
+    looks like another account's is refused as existing (admin API, `register`),
+    and a guest cannot log in with a look-alike of an account's name."""
+    api = srv.api
+    api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "correct-horse"})
+    assert api.call("POST", "/api/v1/accounts", {"name": "\u0430lice"}) == (  # Cyrillic a
+        409, {"error": "account exists: alice"})
+    assert api.call("POST", "/api/v1/accounts", {"name": "alice\u200c"})[0] == 409
+    guest = log_in(srv, "\u0430lice")
+    guest.expect("error: username taken: \u0430lice", PROMPT)
+    guest.send("\uff41lice")  # fullwidth a
+    guest.expect("error: username taken: \uff41lice", PROMPT)
+    guest.send("bob")
+    welcomed(guest, "bob")
+    # An administrator makes a look-alike of the guest's name an account meanwhile:
+    # the guest's own name can no longer become one.
+    api.ok("POST", "/api/v1/accounts", {"name": "b\u043eb", "password": "cyrillic-o"})
+    assert guest.request("register bobs-password") == "error: already registered: bob"
+    listed = [a["name"] for a in api.ok("GET", "/api/v1/accounts")["accounts"]]
+    assert listed == ["alice", "b\u043eb"]
+    welcomed(log_in(srv, "alice correct-horse"), "alice")
+
+
 def test_reset_suspend_unsuspend_delete(srv):
     api = srv.api
     api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "correct-horse"})

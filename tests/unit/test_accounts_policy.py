@@ -182,6 +182,27 @@ def test_optional_mode_guests_and_accounts():
     assert b.checked(step, False, NOW) == Refused("error: login failed", "failed")
 
 
+def test_look_alikes_of_an_account_name_are_taken():
+    """PROTOCOL.md v2: a name (user, account or group) that looks like one in use is
+    taken. The book knows each account's skeleton (core/names.py)."""
+    b = book("optional", ALICE)
+    cyrillic = "\u0430lice"  # Cyrillic a
+    assert b.lookalike(cyrillic) == ALICE
+    assert b.lookalike("\uff41lice") == ALICE  # fullwidth a
+    assert b.lookalike("ALICE") is None  # the account's own name: not a look-alike
+    assert b.lookalike("alicia") is None
+    # No guest login with it; a secret for it is a password for no account.
+    assert b.begin(cyrillic, None, NOW) == Refused(f"error: username taken: {cyrillic}", "")
+    assert b.begin(cyrillic, "correct-horse", NOW) == Refused("error: login failed", "failed")
+    assert b.begin("alice", None, NOW) == AskPassword("alice")
+    # Free again once the account is gone (and held by a new one once made).
+    b.drop(ALICE.key)
+    assert b.lookalike(cyrillic) is None
+    assert b.begin(cyrillic, None, NOW) == Guest(cyrillic)
+    b.put(Account(cyrillic, "$argon2id$dummy", created_at=NOW))
+    assert b.lookalike("alice") is not None
+
+
 def test_required_mode_never_reveals_whether_an_account_exists():
     b = book("required", ALICE)
     assert b.begin("nobody", None, NOW) == AskPassword("nobody")
