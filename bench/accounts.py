@@ -17,9 +17,9 @@ password logins are checked).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -52,40 +52,55 @@ def seed(data_dir: str, names: list[str]) -> list:
     return accounts
 
 
-class Probe(threading.Thread):
-    """A logged-in client pinging every PROBE_EVERY_S; `worst` is its slowest round trip."""
+def _probe_main(addr, name: str, ready, stop, out) -> None:
+    """In a process of its own (the driver's GIL must not delay its pings): log in,
+    then ping every PROBE_EVERY_S until told to stop; send back the round trips."""
+    sock = socket.create_connection(addr, timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def __init__(self, addr: tuple[str, int], name: str) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_connection(addr, timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._read_until(PROMPT)
-        self.sock.sendall(f"{name} {PASSWORD}\n".encode())
-        self._read_until(LOGGED_IN)
-        self.rtts: list[float] = []
-        self.stopping = threading.Event()
-
-    def _read_until(self, wanted: bytes) -> None:
+    def read_until(wanted: bytes) -> None:
         buf = b""
         while wanted not in buf:
-            data = self.sock.recv(65536)
+            data = sock.recv(65536)
             if not data:
                 raise ConnectionError("server closed the probe")
             buf += data
 
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            t0 = time.monotonic()
-            self.sock.sendall(b"ping\n")
-            self._read_until(b"ok: pong")
-            self.rtts.append(time.monotonic() - t0)
-            time.sleep(PROBE_EVERY_S)
+    read_until(PROMPT)
+    sock.sendall(f"{name} {PASSWORD}\n".encode())
+    read_until(LOGGED_IN)
+    ready.set()
+    rtts = []
+    while not stop.is_set():
+        t0 = time.monotonic()
+        sock.sendall(b"ping\n")
+        read_until(b"ok: pong")
+        rtts.append(time.monotonic() - t0)
+        time.sleep(PROBE_EVERY_S)
+    sock.close()
+    out.send(rtts)
+
+
+class Probe:
+    """A logged-in client pinging every PROBE_EVERY_S from its own process."""
+
+    def __init__(self, addr: tuple[str, int], name: str) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.ready, self.stopping = ctx.Event(), ctx.Event()
+        self.recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_probe_main,
+                                args=(addr, name, self.ready, self.stopping, send), daemon=True)
+
+    def start(self) -> None:
+        self.proc.start()
+        if not self.ready.wait(30):
+            raise RuntimeError("the probe could not log in")
 
     def stop(self) -> list[float]:
         self.stopping.set()
-        self.join(5)
-        self.sock.close()
-        return sorted(self.rtts)
+        rtts = self.recv.recv() if self.recv.poll(30) else []
+        self.proc.join(5)
+        return sorted(rtts)
 
 
 def _phase(addr, lines: list[str], conc: int, probe_name: str) -> dict:

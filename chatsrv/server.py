@@ -10,6 +10,7 @@ server or a session.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
@@ -432,7 +433,10 @@ class ChatServer:
         assert session.user is not None  # the session has just logged in
         self.logins[how] += 1
         if account is not None:
-            self._last_logins[account.key] = time.time()
+            now = self._last_logins[account.key] = time.time()
+            current = self.accounts.get(account.name)
+            if current is not None:  # what the admin API lists; the store gets it batched
+                self.accounts.put(dataclasses.replace(current, last_login=now))
         log.info("login id=%d user=%s as=%s", session.id, session.user.name, how)
 
     def do_account_work(self, work: list[AccountWork]) -> None:

@@ -20,8 +20,11 @@ from .. import passwords
 # schedules threads as tasks, so a thread can be niced on its own): when the
 # machine is busy the loop preempts a hash, so a burst of password logins slows
 # the logins themselves, not everyone's chat (PROTOCOL.md v2: no client waits
-# more than 20 ms while 50 password logins are checked).
-HASH_NICE = 10
+# more than 20 ms while 50 password logins are checked). Measured with two
+# hashing threads and a busy Python thread pinned to one core: nice 10 left the
+# busy thread's worst step at 56 ms, nice 19 at 7.9 ms (p99.9 0.07 ms); argon2
+# releases the GIL, so what is left is the CPU scheduler's share.
+HASH_NICE = 19
 _niced = threading.local()
 
 

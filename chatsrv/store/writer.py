@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -54,8 +54,24 @@ from ..core.errors import ClusterUnavailable, GroupTaken
 from .base import Entry, GroupRecord, Store
 
 if TYPE_CHECKING:
-    from ..core.hub import Hub
+    from ..core.commits import Commits
     from ..core.model import Group, User
+
+
+class WriterHub(Protocol):
+    """What the writer uses of the hub (`core.hub.Hub` implements it), named once:
+    the journal of unsaved history it drains and puts back, and the commits
+    bookkeeping it settles with typed results (core/commits.py)."""
+
+    @property
+    def journal(self) -> list[Group] | None: ...
+    @property
+    def commits(self) -> Commits: ...
+
+    def take_unsaved(self) -> list[tuple[Group, list[Entry]]]: ...
+    def history_saved(self, batch: list[tuple[Group, list[Entry]]]) -> None: ...
+    def unsaved_again(self, batch: list[tuple[Group, list[Entry]]]) -> None: ...
+    def unsaved_count(self) -> int: ...
 
 log = logging.getLogger("chatsrv.store")
 
@@ -122,7 +138,7 @@ class WriterStats:
 
 
 class StoreWriter:
-    def __init__(self, store: Store, hub: Hub, *, flush_ms: int, keep: int,
+    def __init__(self, store: Store, hub: WriterHub, *, flush_ms: int, keep: int,
                  on_reply=None) -> None:
         self.store = store
         self.hub = hub

@@ -49,6 +49,8 @@ def test_create_list_and_log_in(srv):
     assert set(listed[0]) == {"name", "created_at", "last_login", "suspended"}
     welcomed(log_in(srv, f"bob {made['password']}"), "Bob")
     welcomed(log_in(srv, "alice correct-horse"), "alice")
+    listed = {a["name"]: a for a in api.ok("GET", "/api/v1/accounts")["accounts"]}
+    assert listed["alice"]["last_login"] is not None and listed["Bob"]["last_login"] is not None
 
 
 def test_look_alike_account_names_are_taken(srv):

@@ -331,3 +331,27 @@ def test_hostile_secrets(accounts_server, connect):
             assert client.closed()
             break
         client.expect(PROMPT)
+
+
+def test_failed_login_flood_from_one_address_meets_the_address_limits(accounts_server):
+    """Each connection gets three tries, and new connections from the address are
+    rate-limited as always: a password-guessing flood is bounded on both sides."""
+    from conftest import Client
+
+    server = accounts_server(exempt="", connect_rate=2)  # burst 4, then 2/s
+    refused = 0
+    for _ in range(8):
+        client = Client(server.host, server.port)
+        first = client.read_line()
+        if first == "error: connecting too fast":
+            refused += 1
+            client.close()
+            continue
+        assert first == PROMPT
+        for _ in range(3):
+            client.send("alice not-her-password")
+            if client.read_line() == "error: too many failed logins":
+                break
+            client.expect(PROMPT)
+        assert client.closed()
+    assert refused >= 3
