@@ -212,3 +212,22 @@ def test_sd_notify_reaches_a_datagram_socket(tmp_path, monkeypatch):
     assert not sdnotify.notify("READY=1")  # not under systemd: nothing to do
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     assert not sdnotify.notify("READY=1")  # a socket that is gone: a warning, no exception
+
+
+def test_workers_read_the_file_themselves(tmp_path):
+    from chatsrv.backplane.workers import worker_argv
+
+    path = write(tmp_path, 'max_clients = 7\nredis = "redis://127.0.0.1:6379/0"\nworkers = 2\n'
+                 'admin_token = "in-the-file"\n')
+    resolved = resolve({"rate_limit": (5.0, FLAG), "admin_token": ("from-env", ENV)}, path)
+    argv = worker_argv(resolved.config, 1, 4321, "n", resolved)
+    flags = argv[argv.index("serve") + 1:]
+    assert flags[:2] == ["--config", str(path)]
+    pairs = dict(zip(flags[2:-1:2], flags[3:-1:2], strict=True))
+    assert pairs == {"--rate-limit": "5.0", "--workers": "1", "--port": "4321",
+                     "--node-id": "n-w1", "--http-port": str(9150 + 1)}
+    assert flags[-1] == "--reuse-port"
+    assert "from-env" not in argv and "in-the-file" not in argv  # secrets never in argv
+    # Without a file: every value as a flag, as before.
+    plain = worker_argv(resolved.config, 0, 4321, "n")
+    assert "--max-clients" in plain and "--config" not in plain
