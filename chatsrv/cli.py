@@ -194,11 +194,19 @@ def connect(
     insecure: bool = typer.Option(
         False, "--insecure", help="With --tls: do not verify the certificate (self-signed)."
     ),
+    raw: bool = typer.Option(
+        False, "--raw", help="Send every typed line as is (protocol commands, no /commands)."
+    ),
+    no_color: bool = typer.Option(
+        False, "--no-color", help="No colors (also when the NO_COLOR variable is set)."
+    ),
 ) -> None:
-    """Chat from the terminal; with stdin not a terminal, run it as a script."""
+    """Chat from the terminal (/help lists the commands); with stdin not a terminal,
+    run it as a script."""
     from .client import run
 
-    raise typer.Exit(run(host, port, tls=tls, insecure=insecure))
+    raise typer.Exit(run(host, port, tls=tls, insecure=insecure, raw=raw,
+                         color=False if no_color else None))
 
 
 def _resolve(ctx: Any) -> Resolved:

@@ -14,6 +14,14 @@ many prompts), the `ok: pong` count, and whether `ok: bye` arrived.
 Interactive mode (stdin is a TTY)
     prompt_toolkit's `prompt_async` edits the input line while `patch_stdout` makes the
     pump's prints appear above it, so incoming lines never garble what is being typed.
+    chat.py's `ChatState` gives the comforts: a current conversation (after `join G`,
+    `/g G` or `/msg U`, shown in the prompt) that plain text goes to, `/` commands
+    (`/help`), `/raw LINE` or `--raw` for protocol lines as typed, tab completion of
+    commands and of the group and user names it has seen (it asks `groups` and `users`
+    once at login, replies not shown), and incoming lines colored by kind (private,
+    mentions of the user's name, notices, errors; `--no-color` or NO_COLOR: none).
+    Server text is printed with every control character replaced, so only the
+    client's own colors reach the terminal.
     Each prompt races the pump: when the server closes, the prompt is cancelled.
     `exit`, Ctrl-D and Ctrl-C all end the session the same way: once logged in, `exit`
     is sent and the client waits (at most BYE_TIMEOUT) for `ok: bye` and the close.
@@ -64,6 +72,8 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
+
+from .chat import ERROR, MENTION, NOTICE, OK, PRIVATE, ChatState
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50000
@@ -370,10 +380,59 @@ async def _script(conn: Connection) -> int:
 # --- interactive mode -----------------------------------------------------------
 
 
-def _print_line(line: bytes) -> None:
-    # Under patch_stdout this lands above the prompt; prompt_toolkit escapes
-    # terminal control sequences a hostile server might send.
-    print(line.decode("utf-8", "replace"), flush=True)
+# Colors by line kind (chat.py `kind`): ANSI SGR parameters.
+COLORS = {PRIVATE: "35", MENTION: "1;33", NOTICE: "36", ERROR: "31", OK: "32"}
+NOTE_COLOR = "2"  # the client's own notes (/help, usage) are dim
+# What the client asks at login, to complete names with; their replies are not shown.
+HIDDEN_QUERIES = (b"groups: ", b"users: ")
+
+
+def use_color(flag: bool | None, environ=os.environ) -> bool:
+    """--color/--no-color if given; otherwise color unless NO_COLOR is set (no-color.org)."""
+    if flag is not None:
+        return flag
+    return not environ.get("NO_COLOR")
+
+
+def _clean(text: str) -> str:
+    """The text with every control character (a hostile server's escape sequences
+    included) made visible and harmless: the terminal gets only what we color."""
+    return "".join(c if c.isprintable() or c == "\t" else "\ufffd" for c in text)
+
+
+def _paint(text: str, color: str | None, on: bool) -> str:
+    return f"\x1b[{color}m{text}\x1b[0m" if on and color else text
+
+
+class _Screen:
+    """Interactive output: each server line noted in the chat state and printed in
+    its color above the prompt; the login's own `groups`/`users` replies hidden."""
+
+    def __init__(self, conn: Connection, chat: ChatState, color: bool) -> None:
+        self.conn = conn
+        self.chat = chat
+        self.color = color
+        self.hidden = {prefix: 0 for prefix in HIDDEN_QUERIES}
+
+    def __call__(self, line: bytes) -> None:
+        text = _clean(line.decode("utf-8", "replace"))
+        was_logged_in = bool(self.chat.name)
+        kind = self.chat.note(text)
+        for prefix in HIDDEN_QUERIES:
+            if self.hidden[prefix] and line.startswith(prefix):
+                self.hidden[prefix] -= 1
+                return
+        print(_paint(text, COLORS.get(kind), self.color), flush=True)
+        if not was_logged_in and self.chat.name:
+            # Names for tab completion (the replies come in order, before any the
+            # user asks for, so the first of each kind is ours).
+            for prefix in HIDDEN_QUERIES:
+                self.hidden[prefix] += 1
+            self.conn.writer.write(b"groups\nusers\n")
+
+    def note(self, text: str) -> None:
+        print(_paint(_clean(text) if "\n" not in text else text, NOTE_COLOR, self.color),
+              flush=True)
 
 
 async def _quit(conn: Connection, pump: asyncio.Task) -> int:
@@ -389,7 +448,7 @@ async def _quit(conn: Connection, pump: asyncio.Task) -> int:
 _QUIT = object()  # what _ask returns for Ctrl-D and Ctrl-C
 
 
-async def _prompt(session, conn: Connection):
+async def _prompt(session, conn: Connection, chat: ChatState):
     """One input line, or _QUIT for Ctrl-D (EOFError) and Ctrl-C (KeyboardInterrupt).
 
     Both are caught inside this coroutine on purpose: a KeyboardInterrupt escaping a
@@ -398,16 +457,15 @@ async def _prompt(session, conn: Connection):
         # handle_sigint=False: inside the prompt the terminal is raw and Ctrl-C is
         # a key (bound to KeyboardInterrupt); a SIGINT can only come between two
         # prompts, and _interactive's own handler takes it (see there).
-        return await session.prompt_async(
-            lambda: f"{conn.name}> " if conn.logged_in else "> ", handle_sigint=False
-        )
+        return await session.prompt_async(chat.prompt, handle_sigint=False)
     except (EOFError, KeyboardInterrupt):
         return _QUIT
 
 
-async def _ask(session, conn: Connection, pump: asyncio.Task, interrupted: asyncio.Future):
+async def _ask(session, conn: Connection, chat: ChatState, pump: asyncio.Task,
+               interrupted: asyncio.Future):
     """What the user typed, _QUIT, or None when the server closed meanwhile."""
-    prompt = asyncio.ensure_future(_prompt(session, conn))
+    prompt = asyncio.ensure_future(_prompt(session, conn, chat))
     await asyncio.wait({prompt, pump, interrupted}, return_when=asyncio.FIRST_COMPLETED)
     if not prompt.done():
         prompt.cancel()  # lets prompt_toolkit restore the terminal
@@ -416,11 +474,28 @@ async def _ask(session, conn: Connection, pump: asyncio.Task, interrupted: async
     return prompt.result()
 
 
-async def _interactive(conn: Connection) -> int:
+def _completer(chat: ChatState):
+    """prompt_toolkit completion from the chat state: commands, then group or user
+    names where the command takes one, user names in messages (mentions)."""
+    from prompt_toolkit.completion import Completer, Completion
+
+    class ChatCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            word = document.get_word_before_cursor(WORD=True)
+            for candidate in chat.completions(document.text_before_cursor):
+                yield Completion(candidate, start_position=-len(word))
+
+    return ChatCompleter()
+
+
+async def _interactive(conn: Connection, raw: bool = False, color: bool = True) -> int:
     from prompt_toolkit import PromptSession  # only interactive runs pay for the import
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    session: PromptSession[str] = PromptSession()
+    chat = ChatState(raw=raw)
+    screen = _Screen(conn, chat, color)
+    session: PromptSession[str] = PromptSession(completer=_completer(chat),
+                                                complete_while_typing=False)
     # Between two prompts (a line just entered, the next prompt not yet drawn) the
     # terminal is in cooked mode and Ctrl-C is a SIGINT, not a key: it must mean
     # the same as inside the prompt (say `exit`), not cancel the program midway.
@@ -433,16 +508,24 @@ async def _interactive(conn: Connection) -> int:
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        with patch_stdout():
-            pump = asyncio.create_task(conn.pump(_print_line))
+        # raw=True: lines reach the terminal as printed, colors included; _Screen has
+        # already made every control character of the server's text harmless.
+        with patch_stdout(raw=True):
+            pump = asyncio.create_task(conn.pump(screen))
             while True:
-                text = await _ask(session, conn, pump, interrupted)
+                text = await _ask(session, conn, chat, pump, interrupted)
                 if text is None:
                     return conn.ended_code()
-                if text is _QUIT or text.strip(" \t").casefold() == "exit":
+                if text is _QUIT:
                     return await _quit(conn, pump)
-                # Pasted newlines become separate lines, which is what they mean.
-                await conn.send(text.encode("utf-8", "replace") + b"\n")
+                typed = chat.translate(text)
+                if typed.note:
+                    screen.note(typed.note)
+                if typed.quit:
+                    return await _quit(conn, pump)
+                for line in typed.send:
+                    # Pasted newlines become separate lines, which is what they mean.
+                    await conn.send(line.encode("utf-8", "replace") + b"\n")
     finally:
         loop.remove_signal_handler(signal.SIGINT)
 
@@ -450,7 +533,8 @@ async def _interactive(conn: Connection) -> int:
 # --- entry points ---------------------------------------------------------------
 
 
-async def _session(host: str, port: int, tls: bool, insecure: bool) -> int:
+async def _session(host: str, port: int, tls: bool, insecure: bool, raw: bool = False,
+                   color: bool = True) -> int:
     try:
         conn = await _connect(host, port, tls, insecure)
     except (OSError, asyncio.TimeoutError, ValueError, OverflowError) as exc:
@@ -458,18 +542,21 @@ async def _session(host: str, port: int, tls: bool, insecure: bool) -> int:
         print(f"error: cannot connect to {host}:{port}: {_reason(exc)}", file=sys.stderr)
         return 1
     try:
-        mode = _interactive if sys.stdin.isatty() else _script
-        return await mode(conn)
+        if sys.stdin.isatty():
+            return await _interactive(conn, raw, color)
+        return await _script(conn)
     finally:
         await conn.close()
 
 
 def run(
-    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, tls: bool = False, insecure: bool = False
+    host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, tls: bool = False,
+    insecure: bool = False, raw: bool = False, color: bool | None = None,
 ) -> int:
-    """Run the client until the session ends; returns the process exit code."""
+    """Run the client until the session ends; returns the process exit code.
+    `raw`: interactive lines are sent as typed; `color`: None = unless NO_COLOR."""
     try:
-        return asyncio.run(_session(host, port, tls, insecure))
+        return asyncio.run(_session(host, port, tls, insecure, raw, use_color(color)))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the contract is "no traceback ever"; say what broke
@@ -478,7 +565,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m chatsrv.client [HOST] [PORT] [--tls] [--insecure]`."""
+    """`python -m chatsrv.client [HOST] [PORT] [--tls] [--insecure] [--raw] [--no-color]`."""
     parser = argparse.ArgumentParser(prog="chatsrv.client", description="chatsrv client")
     parser.add_argument("host", nargs="?", default=DEFAULT_HOST)
     parser.add_argument("port", nargs="?", type=int, default=DEFAULT_PORT)
@@ -486,8 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="with --tls: do not verify the certificate"
     )
+    parser.add_argument("--raw", action="store_true",
+                        help="send every typed line as is (protocol commands)")
+    parser.add_argument("--no-color", dest="color", action="store_false", default=None,
+                        help="no colors (also with NO_COLOR set)")
     args = parser.parse_args(argv)
-    return run(args.host, args.port, tls=args.tls, insecure=args.insecure)
+    return run(args.host, args.port, tls=args.tls, insecure=args.insecure, raw=args.raw,
+               color=args.color)
 
 
 if __name__ == "__main__":
