@@ -620,6 +620,8 @@ class ChatServer:
 def serve(config: Config, resolved: Resolved | None = None) -> int:
     """Run until SIGTERM/SIGINT (SIGHUP reloads); the process exit code."""
     limit = raise_fd_limit()
+    if resolved is not None and resolved.path is not None:
+        log.info("config file %s (SIGHUP reloads it)", resolved.path)
     tune_gevent()
     tune_gc()
     if config.redis:
