@@ -186,7 +186,6 @@ class ChatServer:
         self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
         self._tls_loaded = _tls_files(config)
-        self.reloads = 0
         self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
@@ -292,7 +291,6 @@ class ChatServer:
         changed = list(plan.changed)
         if tls_changed and not any(c.startswith(("tls_cert", "tls_key")) for c in changed):
             changed.append("tls certificate and key: reloaded from the same files")
-        self.reloads += 1
         log.info("reload: %s; %s", "changed " + ", ".join(changed) if changed else "no change",
                  "needs a restart: " + ", ".join(plan.restart_needed)
                  if plan.restart_needed else "nothing needs a restart")
