@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import fields
 
+from .. import sdnotify
 from ..config import Config
 from ..configfile import Resolved
 
@@ -145,7 +146,9 @@ def supervise(config: Config, resolved: Resolved | None = None) -> int:
     holder = hold_port(config.host, config.port)
     port = holder.getsockname()[1]
     node = config.node_id or default_node_id()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
+    # NOTIFY_SOCKET too: the supervisor is the service systemd watches (the main pid).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CHATSRV_") and k != "NOTIFY_SOCKET"}
     if config.admin_token is not None:
         env["CHATSRV_ADMIN_TOKEN"] = config.admin_token
     workers = [Worker(i, worker_argv(config, i, port, node, resolved), env)
@@ -156,9 +159,11 @@ def supervise(config: Config, resolved: Resolved | None = None) -> int:
         stop["signal"] = signum
 
     def on_hup(signum, frame) -> None:
+        sdnotify.reloading()
         for worker in workers:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGHUP)
+        sdnotify.ready("reload passed on to the workers")
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
@@ -166,12 +171,18 @@ def supervise(config: Config, resolved: Resolved | None = None) -> int:
     log.info("supervising %d workers on %s:%d, nodes %s-w0..%d", config.workers, config.host,
              port, node, config.workers - 1)
     try:
+        ready = False
         while stop["signal"] is None:
             now = time.monotonic()
             for worker in workers:
                 worker.check(now)
+            if not ready:  # the workers are started (each then binds and listens)
+                sdnotify.ready(f"{config.workers} workers on {config.host}:{port}",
+                               main_pid=True)
+                ready = True
             time.sleep(POLL_S)
     finally:
+        sdnotify.stopping()
         _stop_all(workers, config.shutdown_grace + 5.0)
         holder.close()
     log.info("all workers stopped")
