@@ -15,6 +15,7 @@ one `ConfigError` line naming the file, the key and what was expected.
 from __future__ import annotations
 
 import difflib
+import re
 import ssl
 import sys
 import typing
@@ -147,8 +148,10 @@ def resolve(explicit: dict[str, tuple[Any, str]], path: Path | None) -> Resolved
 def _where(message: str, origins: dict[str, str], path: Path | None) -> str:
     """Config's message (it names options as --flags), with the file when a key from it
     is the one at fault."""
-    for name, origin in origins.items():
-        if origin == FILE and "--" + name.replace("_", "-") in message.split(" ")[0:3]:
+    named = re.findall(r"--([a-z-]+)", message)
+    for option in named[:2]:  # the option at fault comes first ("--a and --b go together")
+        name = option.replace("-", "_")
+        if origins.get(name) == FILE:
             return f"{path}: key {name!r}: {message}"
     return message
 

@@ -90,10 +90,17 @@ def test_not_utf8_and_unreadable_files(tmp_path):
         read_file(tmp_path)
 
 
-def test_config_checks_name_the_key_of_the_file(tmp_path):
-    path = write(tmp_path, "max_clients = 0\n")
-    with pytest.raises(ConfigError, match=r"key 'max_clients': --max-clients must be at least 1"):
+@pytest.mark.parametrize(("text", "message"), [
+    ("max_clients = 0\n", "key 'max_clients': --max-clients must be at least 1"),
+    ('exempt = "nonsense"\n', "key 'exempt': --exempt: not an address or CIDR network"),
+    ('redis = "http://x"\n', "key 'redis': --redis must be redis://HOST:PORT/DB"),
+    ('tls_key = "k.pem"\n', "key 'tls_key': --tls-cert and --tls-key go together"),
+])
+def test_config_checks_name_the_key_of_the_file(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
         resolve({}, path)
+    assert str(err.value).startswith(f"{path}: {message}")
 
 
 def test_missing_or_broken_certificate_is_refused(tmp_path, tls_files):
