@@ -7,10 +7,11 @@ handshakes use the new pair, established sessions keep theirs), the log level
 and format, the connection limits (`max_clients`, `max_unauth`, `max_per_ip`,
 `connect_rate`, `exempt`), the per-session limits (`rate_limit`, every session
 at once; `max_line`, `sendq`; `login_timeout` and `keepalive` for new
-connections), `notice_limit`, `max_groups`, `create_rate`, `history_memory`,
-`shutdown_grace`. The others are sockets, files or state laid out at start
-(`history` sizes every group's ring); they keep their running value and are
-reported as needing a restart.
+connections), `notice_limit`, `max_groups`, `create_rate`, `history` (a new
+size for every group's ring, but not turning history on or off: that changes
+what the store is asked to keep and whether the command exists),
+`history_memory`, `shutdown_grace`. The others are sockets, files or state laid
+out at start; they keep their running value and are reported as needing a restart.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ LIVE = frozenset({
     "tls_cert", "tls_key", "log_level", "log_format",
     "max_clients", "max_unauth", "max_per_ip", "connect_rate", "exempt",
     "rate_limit", "max_line", "sendq", "login_timeout", "keepalive",
-    "notice_limit", "max_groups", "create_rate", "history_memory", "shutdown_grace",
+    "notice_limit", "max_groups", "create_rate", "history", "history_memory",
+    "shutdown_grace",
 })
 # The internal --reuse-port is neither: it is never in a file.
 RESTART = frozenset(f.name for f in fields(Config)) - LIVE - {"reuse_port"}
@@ -51,7 +53,8 @@ def reload_plan(old: Config, new: Config) -> Plan:
         if before == after:
             continue
         line = f"{name}: {_value(name, before)} -> {_value(name, after)}"
-        if name in RESTART or (tls_switch and name in ("tls_cert", "tls_key")):
+        if name in RESTART or (tls_switch and name in ("tls_cert", "tls_key")) or (
+                name == "history" and not (before and after)):  # on or off: a restart
             restart.append(line)
             keep[name] = before
         elif name in LIVE:

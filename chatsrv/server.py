@@ -320,6 +320,9 @@ class ChatServer:
                 hub.create_rate = CreateRate(new.create_rate, time.monotonic)
             else:
                 hub.create_rate.retune(new.create_rate)
+        if old.history != new.history:  # both non-zero (reload_plan)
+            hub.resize_history(new.history)
+            self.writer.keep = new.history  # what the store keeps per group, next write
         if old.history_memory != new.history_memory:
             hub.history_budget = new.history_memory_bytes
             if hub.history_bytes > hub.history_budget:

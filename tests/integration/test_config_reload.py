@@ -194,6 +194,39 @@ def test_reload_through_the_api_and_chatsrv_admin(make_http_server, tmp_path):
     assert result.stderr.startswith(f"error: {path}: not valid TOML")
 
 
+def history_texts(client: Client, group: str, count: int) -> list[str]:
+    client.send(f"history {group} {count}")
+    answer = client.read_until(lambda line: line == f"ok: end of history {group}")
+    return [line.rpartition("] ")[2] for line in answer if line.startswith("[history ")]
+
+
+def test_reloading_history_size(make_http_server, login, tmp_path):
+    path = tmp_path / "chatsrv.toml"
+    path.write_text("history = 5\nrate_limit = 0\nflush_ms = 1\n")
+    server = make_http_server(config=path)
+    alice = login(server, "alice")
+    for i in range(5):
+        alice.send(f"public General m{i}")
+    assert history_texts(alice, "General", 20) == [f"m{i}" for i in range(5)]
+    path.write_text("history = 2\nrate_limit = 0\nflush_ms = 1\n")
+    assert server.api.post("/api/v1/reload")[1]["changed"] == ["history: 5 -> 2"]
+    assert history_texts(alice, "General", 20) == ["m3", "m4"]
+    alice.send("public General m5")
+    assert history_texts(alice, "General", 20) == ["m4", "m5"]
+    # Larger again: the ring fills up to the new size (what older messages the
+    # store still has depends on when it pruned: not asserted).
+    path.write_text("history = 4\nrate_limit = 0\nflush_ms = 1\n")
+    assert server.api.post("/api/v1/reload")[1]["changed"] == ["history: 2 -> 4"]
+    alice.send("public General m6")
+    alice.send("public General m7")
+    assert history_texts(alice, "General", 20)[-4:] == ["m4", "m5", "m6", "m7"]
+    assert history_texts(alice, "General", 3) == ["m5", "m6", "m7"]
+    path.write_text("history = 0\nrate_limit = 0\nflush_ms = 1\n")
+    body = server.api.post("/api/v1/reload")[1]
+    assert body["changed"] == [] and body["restart_needed"] == ["history: 4 -> 0"]
+    assert history_texts(alice, "General", 3) == ["m5", "m6", "m7"]
+
+
 def test_certificate_rotation_keeps_sessions_and_refuses_a_broken_pair(make_http_server,
                                                                         tmp_path):
     old_cert, old_key = make_pair(tmp_path, "old")

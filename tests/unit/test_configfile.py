@@ -162,12 +162,15 @@ def test_reload_plan_applies_live_settings_and_keeps_the_others(tmp_path):
     old = Config(port=1, max_clients=10, history=5, admin_token="old-secret")
     new = Config(port=2, max_clients=20, history=6, admin_token="new-secret", log_format="json")
     plan = reload_plan(old, new)
-    assert plan.changed == ("max_clients: 10 -> 20", 'log_format: "text" -> "json"')
-    assert plan.restart_needed == ("port: 1 -> 2", "history: 5 -> 6",
-                                   'admin_token: "<redacted>" -> "<redacted>"')
+    assert plan.changed == ("max_clients: 10 -> 20", "history: 5 -> 6",
+                            'log_format: "text" -> "json"')
+    assert plan.restart_needed == ("port: 1 -> 2", 'admin_token: "<redacted>" -> "<redacted>"')
     effective = plan.effective
-    assert (effective.port, effective.history, effective.admin_token) == (1, 5, "old-secret")
+    assert (effective.port, effective.history, effective.admin_token) == (1, 6, "old-secret")
     assert (effective.max_clients, effective.log_format) == (20, "json")
+    # History turned off (or on) changes what the store keeps and the command: a restart.
+    plan = reload_plan(old, Config(port=1, max_clients=10, history=0, admin_token="old-secret"))
+    assert plan.restart_needed == ("history: 5 -> 0",) and plan.effective.history == 5
     # Turning TLS on or off changes what the port speaks: a restart.
     plan = reload_plan(old, Config(port=1, max_clients=10, history=5, admin_token="old-secret",
                                    tls_cert=Path("c"), tls_key=Path("k")))
