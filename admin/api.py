@@ -65,6 +65,24 @@ class AdminClient:
     def reload(self) -> dict:
         return self._api("POST", "/reload", {})
 
+    def accounts(self) -> dict:
+        return self._api("GET", "/accounts")
+
+    def add_account(self, name: str, password: str | None) -> dict:
+        body = {"name": name} if password is None else {"name": name, "password": password}
+        return self._api("POST", "/accounts", body)
+
+    def delete_account(self, name: str) -> dict:
+        return self._api("DELETE", "/accounts/" + _quote(name))
+
+    def reset_account(self, name: str, password: str | None) -> dict:
+        return self._api("POST", f"/accounts/{_quote(name)}/password",
+                         {} if password is None else {"password": password})
+
+    def suspend_account(self, name: str, suspend: bool) -> dict:
+        action = "suspend" if suspend else "unsuspend"
+        return self._api("POST", f"/accounts/{_quote(name)}/{action}", {})
+
     # ------------------------------------------------------------ transport
 
     def _api(self, method: str, path: str, body: dict | None = None) -> dict:

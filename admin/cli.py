@@ -8,6 +8,8 @@ unreachable. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import calendar
+import csv
+import io
 import json
 import sys
 import time
@@ -184,6 +186,152 @@ def _list_groups(opts: Options) -> None:
         table.add_row(Text(g["name"]), str(g["members"]), g["created_at"].replace("T", " "),
                       Text(g["created_by"] or "-"))
     console.print(table)
+
+
+accounts_app = typer.Typer(
+    add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+    help="Accounts (--accounts optional|required): list, add, import a class from CSV, "
+    "delete, reset a password, suspend, unsuspend.",
+)
+app.add_typer(accounts_app, name="accounts")
+
+PasswordOption = typer.Option(
+    None, "--password", show_default=False,
+    help="The password (8-256 characters, no spaces); default: the server generates one "
+    "and prints it once.",
+)
+
+
+@accounts_app.command("list")
+@_guarded
+def accounts_list(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Every account: created, last login, suspended."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().accounts()
+    if opts.json:
+        return _print_json(payload)
+    table = Table(title=_plural(len(payload["accounts"]), "account"), title_justify="left")
+    for column in ("account", "created (UTC)", "last login", "suspended"):
+        table.add_column(column)
+    for a in payload["accounts"]:
+        table.add_row(Text(a["name"]), a["created_at"].replace("T", " "),
+                      _since(a["last_login"]) if a["last_login"] else "never",
+                      "yes" if a["suspended"] else "")
+    console.print(table)
+
+
+@accounts_app.command("add")
+@_guarded
+def accounts_add(ctx: typer.Context, name: str = typer.Argument(..., help="Account name."),
+                 password: str | None = PasswordOption,  # noqa: UP007
+                 json_out: bool = JsonFlag) -> None:
+    """Create an account; prints the generated password when none was given."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().add_account(name, password)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"created account {payload['name']}"))
+    if "password" in payload:
+        console.print(Text(f"password: {payload['password']}"))
+
+
+@accounts_app.command("import")
+def accounts_import(ctx: typer.Context,
+                    file: Path = typer.Argument(..., help="CSV with a header row: a `name` "
+                                                "column and an optional `password` column.")
+                    ) -> None:
+    """Create every account of a CSV that does not exist yet (a class in one command).
+
+    Prints `name,password` CSV of the created accounts on stdout (generated
+    passwords included: hand them out, then forget them); accounts that exist
+    or fail are reported on stderr, and the exit code is 1 if any row failed."""
+    opts: Options = ctx.obj
+    try:
+        rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8-sig"))))
+    except (OSError, UnicodeError, csv.Error) as err:
+        typer.echo(f"error: cannot read {file}: {err}", err=True)
+        raise typer.Exit(USAGE) from None
+    if rows and "name" not in rows[0]:
+        typer.echo(f"error: {file} has no `name` column (header row: name[,password])", err=True)
+        raise typer.Exit(USAGE)
+    try:
+        client = opts.client()
+    except AdminError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.code) from None
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["name", "password"])
+    failed = 0
+    for number, row in enumerate(rows, start=2):
+        name = (row.get("name") or "").strip()
+        password = (row.get("password") or "").strip() or None
+        try:
+            payload = client.add_account(name, password)
+        except AdminError as err:
+            if err.status is None:  # the server is gone: the rest would fail the same way
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(err.code) from None
+            exists = err.status == 409
+            failed += not exists
+            typer.echo(f"{'skipped' if exists else 'error'}: line {number}: {name}: {err}",
+                       err=True)
+            continue
+        out.writerow([payload["name"], payload.get("password", password or "")])
+        sys.stdout.flush()
+    if failed:
+        raise typer.Exit(NOT_OK)
+
+
+@accounts_app.command("delete")
+@_guarded
+def accounts_delete(ctx: typer.Context, name: str = typer.Argument(..., help="Account name."),
+                    json_out: bool = JsonFlag) -> None:
+    """Delete an account; its session ends (`* disconnected by an administrator`)."""
+    opts = _opts(ctx, json_out)
+    opts.client().delete_account(name)
+    if opts.json:
+        return _print_json({"deleted": name})
+    console.print(Text(f"deleted account {name}"))
+
+
+@accounts_app.command("reset")
+@_guarded
+def accounts_reset(ctx: typer.Context, name: str = typer.Argument(..., help="Account name."),
+                   password: str | None = PasswordOption,  # noqa: UP007
+                   json_out: bool = JsonFlag) -> None:
+    """Set a new password (generated unless given); every token of the account stops working."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().reset_account(name, password)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"new password set for {payload['name']}"))
+    if "password" in payload:
+        console.print(Text(f"password: {payload['password']}"))
+
+
+@accounts_app.command("suspend")
+@_guarded
+def accounts_suspend(ctx: typer.Context, name: str = typer.Argument(..., help="Account name."),
+                     json_out: bool = JsonFlag) -> None:
+    """Suspend an account: its session ends, logins and tokens are refused."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().suspend_account(name, True)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"suspended account {payload['name']}"))
+
+
+@accounts_app.command("unsuspend")
+@_guarded
+def accounts_unsuspend(ctx: typer.Context,
+                       name: str = typer.Argument(..., help="Account name."),
+                       json_out: bool = JsonFlag) -> None:
+    """Allow logins again (tokens minted before the suspension stay void)."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().suspend_account(name, False)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(f"unsuspended account {payload['name']}"))
 
 
 @command

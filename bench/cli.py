@@ -9,12 +9,13 @@ import secrets
 import shlex
 import sys
 
+from bench.accounts import run_logins
 from bench.fanout import MAX_SENDERS, FanoutSpec, run_fanout
 from bench.logins import run_connect, run_idle
 from bench.report import summary
 from bench.server import DEFAULT_CMD, BenchError, Server, Target, supported_flags
 
-WORKLOADS = ("fanout", "fanout-w1", "fanout1000", "connect", "idle")
+WORKLOADS = ("fanout", "fanout-w1", "fanout1000", "connect", "idle", "logins")
 GROUP = "benchgrp"
 SERVER_CPU, DRIVER_CPU = 0, 1
 
@@ -86,15 +87,24 @@ def run_workload(name: str, args: argparse.Namespace, target: Target) -> dict:
         return run_connect(target, args.conns or 2000, args.conc, prefix)
     if name == "idle":
         return run_idle(target, args.conns or 10000, args.conc, prefix)
+    if name == "logins":
+        return {"error": "logins needs a fresh server (it seeds the data directory): no --addr"}
     return run_fanout(target, _fanout_spec(name, args), prefix, GROUP)
 
 
 def run_on_fresh_server(name: str, args: argparse.Namespace, flags: set[str], pin) -> dict:
-    server = Server(shlex.split(args.server_cmd), flags, shlex.split(args.server_args), pin)
+    extra = shlex.split(args.server_args)
+    if name == "logins":
+        extra += ["--accounts", "required"]
+    server = Server(shlex.split(args.server_cmd), flags, extra, pin)
     result: dict = {}
     try:
-        server.start()
-        result = run_workload(name, args, Target(server.addr, server.pid, _cpus(pin)))
+        if name == "logins":  # seeds the data directory, then starts the server
+            result = run_logins(server, _cpus(pin), args.conns or 500, args.conns or 2000,
+                                args.conc)
+        else:
+            server.start()
+            result = run_workload(name, args, Target(server.addr, server.pid, _cpus(pin)))
     except BenchError as e:
         result["error"] = str(e)
     finally:
@@ -150,7 +160,7 @@ def _cpus(pin: int | None) -> set[int] | None:
 
 
 def _mode(name: str) -> str:
-    return name if name in ("connect", "idle") else "fanout"
+    return name if name in ("connect", "idle", "logins") else "fanout"
 
 
 def _describe(args: argparse.Namespace, flags: set[str], pin: int | None) -> None:

@@ -106,7 +106,7 @@ def hotpath(old: Path | None) -> None:
     imported under another name, in one process: the machine's noise hits both."""
     import importlib
 
-    versions = {"new": importlib.import_module("chatsrv.hub")}
+    versions = {"new": importlib.import_module("chatsrv.core.hub")}
     if old is not None:
         sys.path.insert(0, str(old))
         versions["old"] = importlib.import_module("chatsrv_old.hub")

@@ -65,7 +65,20 @@ def _idle(r: dict) -> str:
     )
 
 
-_BODIES = {"fanout": _fanout, "connect": _connect, "idle": _idle}
+def _logins(r: dict) -> str:
+    parts = []
+    for phase in ("password", "token"):
+        p = r.get(phase) or {}
+        g = p.get
+        parts.append(
+            f"{phase} {_fmt(g('ok'))}/{_fmt(g('logins'))} {_fmt(g('per_s'))}/s"
+            f" p50 {_fmt(g('p50_ms'))} p99 {_fmt(g('p99_ms'))} ms"
+            f" worst ping {_fmt(g('probe_worst_ms'))} ms"
+        )
+    return f"conc={r.get('concurrency')} | " + " | ".join(parts) + f" | {_cpu(r)}"
+
+
+_BODIES = {"fanout": _fanout, "connect": _connect, "idle": _idle, "logins": _logins}
 
 
 def summary(r: dict) -> str:

@@ -164,6 +164,15 @@ def serve(
         "a sleeping laptop) is detected and disconnected, reason timeout: TCP keepalive "
         "and TCP_USER_TIMEOUT (0 = off).",
     ),
+    accounts: str = typer.Option(
+        D.accounts, envvar=_env("accounts"),
+        help="off (no accounts, version 1), optional (guests, and accounts need their "
+        "password) or required (every login needs an account made by an administrator).",
+    ),
+    token_ttl: float = typer.Option(
+        D.token_ttl, envvar=_env("token_ttl"),
+        help="Seconds a login token from the `token` command stays valid.",
+    ),
     log_level: str = typer.Option(
         D.log_level, envvar=_env("log_level"), help="debug, info, warning or error."
     ),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .auth import is_loopback
-from .limits import Network, parse_networks
+from .core.limits import Network, parse_networks
 
 _NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -56,6 +56,8 @@ class Config:
     log_format: str = "text"
     shutdown_grace: float = 5.0
     keepalive: float = 120.0
+    accounts: str = "optional"  # off | optional | required (PROTOCOL.md v2, Accounts)
+    token_ttl: float = 2592000.0  # seconds a `token` stays valid (30 days)
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +81,10 @@ class Config:
             (self.create_rate >= 0, "--create-rate must be >= 0 (0 = off)"),
             (self.http_timeout > 0, "--http-timeout must be positive"),
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
+            (self.accounts in ("off", "optional", "required"),
+             "--accounts must be off, optional or required"),
+            (60 <= self.token_ttl <= 10 * 365 * 86400,
+             "--token-ttl must be 60 seconds .. 10 years"),
             (self.keepalive == 0 or 2 <= self.keepalive <= 86400,
              "--keepalive must be 2..86400 seconds (0 = off)"),
             (self.log_format in ("text", "json"), "--log-format must be text or json"),

@@ -21,8 +21,10 @@ Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
 Errors are `{"error": "..."}`: 400 bad JSON or field, 401, 404 unknown name or
 path, 405 wrong method, 409 group exists or too many groups, 413 body too large,
 503 the store failed.
-Handlers run in their own greenlets on the chat server's loop, so they read and
-change the hub directly, like a session does, without locks.
+Handlers run in their own greenlets on the chat server's loop, so what they read
+and change needs no locks. They never see the server: they get an `AdminPort`
+(below), which the composition root implements (`server.Admin`), and /metrics
+gets the function that takes a `metrics.Scrape`.
 
 Slow clients (slowloris): a connection has `--http-timeout` seconds (10) to send
 its whole request, headers and body, and an idle keep-alive connection gets
@@ -39,8 +41,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, overload
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import gevent
 from gevent import Timeout
@@ -49,13 +51,21 @@ from gevent.pywsgi import Input, LoggingLogAdapter, WSGIHandler, WSGIServer
 from prometheus_client import make_wsgi_app
 
 from . import __version__
-from . import protocol as P
+from .accounts import AccountError, Exists, Invalid, NotFound, Unavailable
 from .auth import bearer_ok
-from .hub import CreateFailed, DeleteFailed, GroupExists, TooManyGroups
-from .metrics import DISCONNECT_REASONS, make_registry
+from .core import protocol as P
+from .core.accounts import Account
+from .core.errors import (
+    CreateFailed,
+    DeleteFailed,
+    GroupExists,
+    ProtocolError,
+    TooManyGroups,
+)
+from .metrics import DISCONNECT_REASONS, ChatCounters, Scrape, make_registry
 
 if TYPE_CHECKING:
-    from .server import ChatServer
+    from .core.model import Group, RemoteUser, User
 
 log = logging.getLogger("chatsrv.http")
 audit = logging.getLogger("chatsrv.admin")
@@ -87,14 +97,100 @@ class HTTPError(Exception):
 Response = tuple[int, object]
 
 
+class Connection(Protocol):
+    """What the API shows of a local user's connection (the transport's session)."""
+
+    @property
+    def peer(self) -> str: ...
+    @property
+    def connected_at(self) -> float: ...
+    @property
+    def bytes_in(self) -> int: ...
+    @property
+    def bytes_out(self) -> int: ...
+    @property
+    def qbytes(self) -> int: ...
+
+
+class AccountsPort(Protocol):
+    """What the admin API does with accounts (`accounts.AccountService`). Each
+    change blocks only the request's greenlet (hashing and the disk run on threads)."""
+
+    @property
+    def enabled(self) -> bool: ...
+    def all(self) -> list[Account]: ...
+    def create(self, name: str, password: str | None = None) -> tuple[Account, str | None]: ...
+    def delete(self, name: str) -> Account: ...
+    def reset(self, name: str, password: str | None = None) -> tuple[Account, str | None]: ...
+    def suspend(self, name: str, suspended: bool = True) -> Account: ...
+
+
+class AdminPort(Protocol):
+    """Everything the admin API and the health checks read and do, named once;
+    `server.Admin` implements it over the server's state. The users and groups are
+    the hub's own (read here, changed only through the methods)."""
+
+    @property
+    def node(self) -> str | None:
+        """This node's id in a cluster; None alone."""
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def max_line(self) -> int: ...
+    @property
+    def users(self) -> Mapping[str, User]:
+        """This node's logged-in users, by name key."""
+    @property
+    def remote_users(self) -> Mapping[str, RemoteUser]:
+        """Users of the other nodes this node knows (cluster mode), by name key."""
+    @property
+    def groups(self) -> Mapping[str, Group]:
+        """Every group, by name key."""
+    @property
+    def chat(self) -> ChatCounters: ...
+    @property
+    def connections_active(self) -> int: ...
+    @property
+    def connections_total(self) -> int: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def disconnects(self) -> Mapping[str, int]: ...
+
+    @property
+    def accounts(self) -> AccountsPort:
+        """Accounts (PROTOCOL.md v2): list them, and the changes that hash or write."""
+
+    def connection(self, user: User) -> Connection:
+        """A local user's connection."""
+    def store_stalled(self) -> float:
+        """Seconds the store has been stuck; 0.0 when it is not."""
+    def cluster_status(self) -> dict: ...
+    def kick(self, name: str) -> str | None:
+        """End a user's session, on any node: its display name, or None if unknown."""
+    def create_group(self, name: str) -> Group:
+        """Durable when it returns; raises ProtocolError, GroupExists, TooManyGroups,
+        CreateFailed."""
+    def delete_group(self, name: str) -> str | None:
+        """Durable when it returns: the display name, or None if unknown; raises
+        ProtocolError (General), DeleteFailed."""
+    def announce(self, text: str, group: Group | None) -> int:
+        """`* announcement: <text>` to a group's members (on every node), or to
+        everyone; returns how many receive it."""
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file (as SIGHUP): {"ok", "changed", "restart_needed"},
+        or {"ok": False, "error"} with nothing changed."""
+
+
 class AdminAPI:
     """The WSGI application; `AdminHTTP` serves it."""
 
-    def __init__(self, server: ChatServer, token: str) -> None:
-        self.server = server
-        self.hub = server.hub
+    def __init__(self, admin: AdminPort, scrape: Callable[[], Scrape], token: str) -> None:
+        self.admin = admin
         self.token = token
-        self.metrics = make_wsgi_app(make_registry(server))
+        self.metrics = make_wsgi_app(make_registry(scrape))
         # (method, path pattern, handler); patterns match the path after /api/v1.
         self.routes: list[tuple[str, re.Pattern, Callable[..., Response]]] = [
             ("GET", re.compile(r"/users"), self.list_users),
@@ -103,6 +199,11 @@ class AdminAPI:
             ("POST", re.compile(r"/groups"), self.create_group),
             ("GET", re.compile(r"/groups/([^/]+)"), self.show_group),
             ("DELETE", re.compile(r"/groups/([^/]+)"), self.delete_group),
+            ("GET", re.compile(r"/accounts"), self.list_accounts),
+            ("POST", re.compile(r"/accounts"), self.create_account),
+            ("DELETE", re.compile(r"/accounts/([^/]+)"), self.delete_account),
+            ("POST", re.compile(r"/accounts/([^/]+)/password"), self.reset_password),
+            ("POST", re.compile(r"/accounts/([^/]+)/(suspend|unsuspend)"), self.suspend_account),
             ("POST", re.compile(r"/announce"), self.announce),
             ("GET", re.compile(r"/stats"), self.stats),
             ("POST", re.compile(r"/reload"), self.reload),
@@ -145,15 +246,15 @@ class AdminAPI:
     def health(self, path: str) -> Response:
         if path == "/healthz":
             return 200, {"status": "ok"}
-        if self.server.stopping:
+        if self.admin.stopping:
             return 503, {"status": "shutting down"}
-        stuck = self.server.writer.stalled()
+        stuck = self.admin.store_stalled()
         if stuck:
             return 503, {"status": "store stalled", "seconds": round(stuck, 1)}
         return 200, {"status": "ready"}
 
     def reload(self, environ: dict) -> Response:
-        result = self.server.reload()
+        result = self.admin.reload()
         return (200 if result["ok"] else 400), result
 
     def api(self, environ: dict, method: str, path: str) -> Response:
@@ -180,13 +281,14 @@ class AdminAPI:
 
     def list_users(self, environ: dict) -> Response:
         """Every user of the cluster; those of other nodes with what this node knows."""
-        users = [self._user(u) for u in self.hub.users.values()]
-        users.extend(self._remote_user(u) for u in self.hub.remote_users.values())
+        admin = self.admin
+        users = [self._user(u, admin.connection(u)) for u in admin.users.values()]
+        users.extend(self._remote_user(u) for u in admin.remote_users.values())
         users.sort(key=lambda u: P.name_key(u["name"]))
         return 200, {"users": users}
 
-    def _remote_user(self, user) -> dict:
-        groups = (self.hub.groups.get(k) for k in user.groups)
+    def _remote_user(self, user: RemoteUser) -> dict:
+        groups = (self.admin.groups.get(k) for k in user.groups)
         return {
             "name": user.name,
             "node": user.node,
@@ -199,11 +301,10 @@ class AdminAPI:
             "sendq_bytes": None,
         }
 
-    def _user(self, user) -> dict:
-        session = user.conn
+    def _user(self, user: User, session: Connection) -> dict:
         return {
             "name": user.name,
-            "node": self.server.backplane.node or None,
+            "node": self.admin.node,
             "peer": session.peer,
             "connected_at": P.utc_stamp(session.connected_at),
             "logged_in_at": P.utc_stamp(user.since),
@@ -214,7 +315,7 @@ class AdminAPI:
         }
 
     def kick_user(self, environ: dict, name: str) -> Response:
-        kicked = self.server.kick(name)
+        kicked = self.admin.kick(name)
         if kicked is None:
             raise HTTPError(404, f"no such user: {name}")
         audit.info("admin: kicked user=%s (from %s)", kicked, environ.get("REMOTE_ADDR"))
@@ -223,7 +324,7 @@ class AdminAPI:
     # ------------------------------------------------------------ groups
 
     def list_groups(self, environ: dict) -> Response:
-        groups = sorted(self.hub.groups.values(), key=lambda g: g.key)
+        groups = sorted(self.admin.groups.values(), key=lambda g: g.key)
         return 200, {"groups": [
             {"name": g.name, "members": g.size(), "created_at": P.utc_stamp(g.created_at),
              "created_by": g.created_by or None}
@@ -231,7 +332,7 @@ class AdminAPI:
         ]}
 
     def show_group(self, environ: dict, name: str) -> Response:
-        group = self.hub.groups.get(P.name_key(P.normalize(name)))
+        group = self.admin.groups.get(P.name_key(P.normalize(name)))
         if group is None:
             raise HTTPError(404, f"no such group: {name}")
         members = [u.name for u in group.members.values()] + list(group.remote.values())
@@ -245,27 +346,89 @@ class AdminAPI:
     def create_group(self, environ: dict) -> Response:
         name = _field(_body(environ), "name", required=True)
         try:
-            group = self.server.create_group(name)
+            group = self.admin.create_group(name)
         except (GroupExists, TooManyGroups) as err:
             raise HTTPError(409, _text(err)) from None
         except CreateFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
 
     def delete_group(self, environ: dict, name: str) -> Response:
         try:
-            deleted = self.server.delete_group(name)
+            deleted = self.admin.delete_group(name)
         except DeleteFailed as err:
             raise HTTPError(503, _text(err)) from None
-        except P.ProtocolError as err:
+        except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         if deleted is None:
             raise HTTPError(404, f"no such group: {name}")
         audit.info("admin: deleted group=%s (from %s)", deleted, environ.get("REMOTE_ADDR"))
         return 204, None
+
+    # ------------------------------------------------------------ accounts
+
+    def _accounts(self) -> AccountsPort:
+        service = self.admin.accounts
+        if not service.enabled:
+            raise HTTPError(409, "accounts are disabled (--accounts off)")
+        return service
+
+    def list_accounts(self, environ: dict) -> Response:
+        accounts = sorted(self._accounts().all(), key=lambda a: a.key)
+        return 200, {"accounts": [
+            {"name": a.name, "created_at": P.utc_stamp(a.created_at),
+             "last_login": P.utc_stamp(a.last_login) if a.last_login else None,
+             "suspended": a.suspended}
+            for a in accounts
+        ]}
+
+    def create_account(self, environ: dict) -> Response:
+        body = _body(environ)
+        name = _field(body, "name", required=True)
+        password = _field(body, "password", required=False)
+        try:
+            account, generated = self._accounts().create(name, password)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: created account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        answer: dict[str, Any] = {"name": account.name}
+        if generated is not None:
+            answer["password"] = generated  # the one answer a password appears in
+        return 201, answer
+
+    def delete_account(self, environ: dict, name: str) -> Response:
+        try:
+            account = self._accounts().delete(name)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: deleted account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        return 204, None
+
+    def reset_password(self, environ: dict, name: str) -> Response:
+        body = _body(environ) if environ.get("CONTENT_LENGTH") not in (None, "", "0") else {}
+        password = _field(body, "password", required=False)
+        try:
+            account, generated = self._accounts().reset(name, password)
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: reset the password of account=%s (from %s)", account.name,
+                   environ.get("REMOTE_ADDR"))
+        answer: dict[str, Any] = {"name": account.name}
+        if generated is not None:
+            answer["password"] = generated
+        return 200, answer
+
+    def suspend_account(self, environ: dict, name: str, action: str) -> Response:
+        try:
+            account = self._accounts().suspend(name, action == "suspend")
+        except AccountError as err:
+            raise _account_error(err) from None
+        audit.info("admin: %sed account=%s (from %s)", action, account.name,
+                   environ.get("REMOTE_ADDR"))
+        return 200, {"name": account.name, "suspended": account.suspended}
 
     # ------------------------------------------------------------ announce, stats
 
@@ -277,43 +440,51 @@ class AdminAPI:
             raise HTTPError(400, "text must not be empty")
         if P.has_control(text):
             raise HTTPError(400, "control characters are not allowed")
-        limit = self.server.config.max_line - 1
+        limit = self.admin.max_line - 1
         if len(text.encode()) > limit:
             raise HTTPError(400, f"text too long (max {limit} bytes)")
         target = None
         if group is not None:
-            target = self.hub.groups.get(P.name_key(P.normalize(group)))
+            target = self.admin.groups.get(P.name_key(P.normalize(group)))
             if target is None:
                 raise HTTPError(404, f"no such group: {group}")
-        receivers = self.hub.announce(text, group)
-        receivers += self.server.backplane.announce(text, target)  # other nodes' users
-        self.server.schedule_flush()
+        receivers = self.admin.announce(text, target)
         audit.info("admin: announcement to %s, %d receivers (from %s)",
                    group or "everyone", receivers, environ.get("REMOTE_ADDR"))
         return 200, {"delivered": receivers, "group": group}
 
     def stats(self, environ: dict) -> Response:
-        server, stats = self.server, self.hub.stats
+        admin = self.admin
+        stats = admin.chat
         return 200, {
             "version": __version__,
-            "started_at": P.utc_stamp(server.started_at),
-            "uptime_seconds": round(time.time() - server.started_at, 3),
-            "users": len(self.hub.users) + len(self.hub.remote_users),
-            "local_users": len(self.hub.users),
-            "cluster": self.server.backplane.status(),
-            "groups": len(self.hub.groups),
-            "connections": {"active": len(server.sessions), "total": server.connections_total,
-                            "rejected": sum(server.rejected.values())},
+            "started_at": P.utc_stamp(admin.started_at),
+            "uptime_seconds": round(time.time() - admin.started_at, 3),
+            "users": len(admin.users) + len(admin.remote_users),
+            "local_users": len(admin.users),
+            "cluster": admin.cluster_status(),
+            "groups": len(admin.groups),
+            "connections": {"active": admin.connections_active,
+                            "total": admin.connections_total,
+                            "rejected": sum(admin.rejected.values())},
             "messages": {"public": stats.messages_public, "private": stats.messages_private},
             "deliveries": {"public": stats.deliveries_public,
                            "private": stats.deliveries_private},
             "announcements": stats.announcements,
-            "disconnects": {**dict.fromkeys(DISCONNECT_REASONS, 0), **server.disconnects},
-            "shutting_down": server.stopping,
+            "disconnects": {**dict.fromkeys(DISCONNECT_REASONS, 0), **admin.disconnects},
+            "shutting_down": admin.stopping,
         }
 
 
 # ---------------------------------------------------------------- request helpers
+
+
+def _account_error(err: AccountError) -> HTTPError:
+    if isinstance(err, Unavailable):
+        return HTTPError(503, str(err).removeprefix("error: "))
+    status = 409 if isinstance(err, Exists) else 404 if isinstance(err, NotFound) else 400
+    assert isinstance(err, (Exists, NotFound, Invalid))
+    return HTTPError(status, str(err))
 
 
 def _path(environ: dict) -> str:
@@ -448,12 +619,12 @@ class _DeadlineServer(WSGIServer):
 class AdminHTTP:
     """pywsgi on `--http-host:--http-port`, on the chat server's own gevent loop."""
 
-    def __init__(self, server: ChatServer, token: str) -> None:
-        config = server.config
-        self.app = AdminAPI(server, token)
+    def __init__(self, admin: AdminPort, scrape: Callable[[], Scrape], token: str, *,
+                 host: str, port: int, timeout: float) -> None:
+        self.app = AdminAPI(admin, scrape, token)
         self.wsgi = _DeadlineServer(
-            (config.http_host, config.http_port), self.app,
-            request_timeout=config.http_timeout,
+            (host, port), self.app,
+            request_timeout=timeout,
             spawn=Pool(HTTP_CONNECTIONS),
             # Access lines at debug: Prometheus scrapes every few seconds.
             log=LoggingLogAdapter(logging.getLogger("chatsrv.http.access"), logging.DEBUG),
@@ -469,6 +640,10 @@ class AdminHTTP:
     @property
     def port(self) -> int:
         return self.wsgi.server_port
+
+    def closed(self) -> dict[str, int]:
+        """Connections closed before a complete request, by reason (for /metrics)."""
+        return {"timeout": self.wsgi.timed_out, "evicted": self.wsgi.evicted}
 
     def stop(self) -> None:
         self.wsgi.stop(timeout=1.0)

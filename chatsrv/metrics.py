@@ -7,6 +7,10 @@ metric families when Prometheus scrapes. So a fan-out to N members costs one
 integer add for the deliveries, never N calls into prometheus_client, and the
 sums over sessions (send queues, bytes) are computed once per scrape.
 
+The collector never sees the server: it is handed a function that returns a
+`Scrape` (plain numbers and the live counters objects, each field named once
+below), which the composition root fills (`ChatServer.scrape`).
+
 The registry is private to the server (not prometheus_client's global one), with
 the standard process (CPU, RSS, open FDs), platform and GC collectors added.
 """
@@ -14,8 +18,9 @@ the standard process (CPU, RSS, open FDs), platform and GC collectors added.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,35 +37,147 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .histogram import Histogram
-
-if TYPE_CHECKING:
-    from .server import ChatServer
+from .core.histogram import Histogram
 
 KINDS = ("public", "private")
-DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown")
+DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shutdown",
+                      "replaced", "login_failed")
+LOGIN_RESULTS = ("guest", "password", "token", "failed", "throttled")
 REJECT_REASONS = ("full", "unauth", "per_ip", "rate")
 
 
-class ChatCollector(Collector):
-    """Every chatsrv_* metric, computed from the server's state when scraped."""
+# ---------------------------------------------------------------- what a scrape reads
+#
+# Everything the collector reads is named here, once. The composition root
+# (`ChatServer.scrape` in server.py) fills a `Scrape` when Prometheus asks; the
+# counters objects are the live ones (the hub's `Stats`, the store writer's and
+# the backplane's), read, never written, here.
 
-    def __init__(self, server: ChatServer) -> None:
-        self.server = server
+
+class ChatCounters(Protocol):
+    """The hub's plain counters (`hub.Stats`); the admin API's /stats reads them too."""
+
+    @property
+    def messages_public(self) -> int: ...
+    @property
+    def messages_private(self) -> int: ...
+    @property
+    def deliveries_public(self) -> int: ...
+    @property
+    def deliveries_private(self) -> int: ...
+    @property
+    def notices(self) -> int: ...
+    @property
+    def logins(self) -> int: ...
+    @property
+    def announcements(self) -> int: ...
+    @property
+    def commands(self) -> Mapping[str, int]: ...
+    @property
+    def fanout(self) -> Histogram: ...
+    @property
+    def login(self) -> Histogram: ...
+
+
+class StoreCounters(Protocol):
+    """The durable store's writer thread (`store.writer.WriterStats`)."""
+
+    @property
+    def flushes(self) -> int: ...
+    @property
+    def messages(self) -> int: ...
+    @property
+    def creates(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def last_flush_s(self) -> float: ...
+    @property
+    def max_flush_s(self) -> float: ...
+
+
+class ClusterCounters(Protocol):
+    """This node's traffic with Redis (`backplane.node.Stats`)."""
+
+    @property
+    def published(self) -> int: ...
+    @property
+    def batches(self) -> int: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def outages(self) -> int: ...
+    @property
+    def reaped(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class StoreScrape:
+    """The durable store (absent with the memory store)."""
+
+    stalled: bool
+    stats: StoreCounters
+
+
+@dataclass(frozen=True)
+class ClusterScrape:
+    """Cluster mode (`--redis`): this node's view of the backplane."""
+
+    node: str
+    up: bool
+    nodes: int  # nodes with users that this node knows, itself included
+    remote_users: int
+    subscribed_groups: int
+    stats: ClusterCounters
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """The server's state at one scrape: plain numbers and counters objects."""
+
+    connections_total: int
+    connections_active: int
+    connections_unauthenticated: int
+    rejected: Mapping[str, int]  # by reason (REJECT_REASONS)
+    disconnects: Mapping[str, int]  # by reason (DISCONNECT_REASONS)
+    logins: Mapping[str, int]  # login attempts by result (LOGIN_RESULTS, and `refused`)
+    accounts: int
+    limited_addresses: int
+    sendq_bytes: int
+    received_bytes: int
+    sent_bytes: int
+    users: int  # logged in on this node
+    groups: int
+    chat: ChatCounters
+    history_bytes: int
+    history_budget: int
+    started_at: float
+    stopping: bool
+    max_clients: int
+    http_closed: Mapping[str, int] | None  # by reason (timeout, evicted); None without HTTP
+    cluster: ClusterScrape | None
+    store: StoreScrape | None
+
+
+class ChatCollector(Collector):
+    """Every chatsrv_* metric, computed from a `Scrape` taken when Prometheus scrapes."""
+
+    def __init__(self, scrape: Callable[[], Scrape]) -> None:
+        self.scrape = scrape
 
     def collect(self) -> Iterator:
-        server = self.server
-        hub = server.hub
-        stats = hub.stats
-        sessions = list(server.sessions)
+        now = self.scrape()
+        stats = now.chat
 
         yield _counter("chatsrv_connections", "TCP connections accepted (TLS handshake done).",
-                       server.connections_total)
+                       now.connections_total)
         yield _gauge("chatsrv_connections_active",
                      "Open client connections, those still at the username prompt included.",
-                     len(sessions))
-        yield _gauge("chatsrv_users_active", "Logged-in users.", len(hub.users))
-        yield _gauge("chatsrv_groups", "Groups that exist, General included.", len(hub.groups))
+                     now.connections_active)
+        yield _gauge("chatsrv_users_active", "Logged-in users.", now.users)
+        yield _gauge("chatsrv_groups", "Groups that exist, General included.", now.groups)
         yield _labelled(CounterMetricFamily, "chatsrv_messages",
                         "Messages accepted, by kind.", "kind",
                         {"public": stats.messages_public, "private": stats.messages_private})
@@ -72,78 +189,78 @@ class ChatCollector(Collector):
                         "Non-blank lines after login, by command word (lower-cased) or "
                         "'unknown'; usage errors count too.", "command", stats.commands)
         disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
-        disconnects.update(server.disconnects)
+        disconnects.update(now.disconnects)
         yield _labelled(CounterMetricFamily, "chatsrv_disconnects",
                         "Sessions ended, by reason.", "reason", disconnects)
         rejected = dict.fromkeys(REJECT_REASONS, 0)
-        rejected.update(server.rejected)
+        rejected.update(now.rejected)
         yield _labelled(CounterMetricFamily, "chatsrv_connections_rejected",
                         "Connections refused before the prompt, by reason: full (--max-clients), "
                         "unauth (--max-unauth), per_ip (--max-per-ip), rate (--connect-rate).",
                         "reason", rejected)
-        wsgi = server.http.wsgi if server.http is not None else None
-        if wsgi is not None:
+        if now.http_closed is not None:
             yield _labelled(CounterMetricFamily, "chatsrv_http_closed",
                             "HTTP connections the server closed before a complete request: "
                             "timeout (--http-timeout), evicted (too many waiting).", "reason",
-                            {"timeout": wsgi.timed_out, "evicted": wsgi.evicted})
+                            now.http_closed)
         yield _gauge("chatsrv_connections_unauthenticated",
                      "Open connections not logged in yet (capped by --max-unauth).",
-                     server.unauth)
-        server.limits.purge()  # so the gauge shows no entry that is already due to go
+                     now.connections_unauthenticated)
         yield _gauge("chatsrv_limited_addresses",
                      "Client addresses with per-address limit state (open connections, "
-                     "or a connect-rate bucket still refilling).", len(server.limits.entries))
-        yield _counter("chatsrv_logins", "Successful logins.", stats.logins)
+                     "or a connect-rate bucket still refilling).", now.limited_addresses)
+        logins = dict.fromkeys(LOGIN_RESULTS, 0)
+        logins.update(now.logins)
+        yield _labelled(CounterMetricFamily, "chatsrv_logins",
+                        "Login attempts by result: guest, password, token (logged in), "
+                        "failed, throttled, refused (e.g. a suspended account).", "result",
+                        logins)
+        yield _gauge("chatsrv_accounts", "Accounts (--accounts).", now.accounts)
         yield _counter("chatsrv_notices", "Join/leave notice lines queued to receivers.",
                        stats.notices)
         yield _counter("chatsrv_announcements", "Administrator announcements sent.",
                        stats.announcements)
         yield _gauge("chatsrv_sendq_bytes",
                      "Bytes waiting in send queues (the kernel did not take them yet), "
-                     "summed over sessions.", sum(s.qbytes for s in sessions))
-        yield _counter("chatsrv_received_bytes", "Bytes read from clients.",
-                       server.closed_bytes_in + sum(s.bytes_in for s in sessions))
-        yield _counter("chatsrv_sent_bytes", "Bytes written to clients.",
-                       server.closed_bytes_out + sum(s.bytes_out for s in sessions))
+                     "summed over sessions.", now.sendq_bytes)
+        yield _counter("chatsrv_received_bytes", "Bytes read from clients.", now.received_bytes)
+        yield _counter("chatsrv_sent_bytes", "Bytes written to clients.", now.sent_bytes)
         yield _histogram("chatsrv_fanout_seconds",
                          "Time from parsing a public message to its last enqueue.", stats.fanout)
         yield _histogram("chatsrv_login_seconds",
                          "Time to handle a username line that logs in (checks, "
                          "registration, joining General with its notices).", stats.login)
         yield _gauge("chatsrv_start_time_seconds", "Start time of the server, Unix seconds.",
-                     server.started_at)
+                     now.started_at)
         yield _gauge("chatsrv_uptime_seconds", "Seconds since the server started.",
-                     time.time() - server.started_at)
+                     time.time() - now.started_at)
         yield _gauge("chatsrv_shutting_down", "1 once shutdown has begun.",
-                     1 if server.stopping else 0)
-        yield _gauge("chatsrv_max_clients", "The --max-clients limit.",
-                     server.config.max_clients)
-        yield from _cluster(server)
-        yield from _history(server)
-        yield from _store(server)
+                     1 if now.stopping else 0)
+        yield _gauge("chatsrv_max_clients", "The --max-clients limit.", now.max_clients)
+        if now.cluster is not None:
+            yield from _cluster(now.cluster)
+        yield from _history(now)
+        if now.store is not None:
+            yield from _store(now.store)
         info = InfoMetricFamily("chatsrv_build", "chatsrv version and wire protocol version.")
         info.add_metric([], {"version": __version__, "protocol": "1"})
         yield info
 
 
-def _history(server: ChatServer) -> Iterator:
+def _history(now: Scrape) -> Iterator:
     """History kept in memory against `--history-memory`."""
-    hub = server.hub
     yield _gauge("chatsrv_history_memory_bytes", "Estimated bytes of history kept in memory "
-                 "(see --history-memory).", hub.history_bytes)
+                 "(see --history-memory).", now.history_bytes)
     yield _gauge("chatsrv_history_memory_budget_bytes", "The --history-memory budget in bytes.",
-                 hub.history_budget)
+                 now.history_budget)
 
 
-def _store(server: ChatServer) -> Iterator:
+def _store(store: StoreScrape) -> Iterator:
     """The durable store's writer thread: is history keeping up with the disk?"""
-    if not server.store.durable:
-        return
     yield _gauge("chatsrv_store_stalled", "1 while a store operation has run, or history "
                  "writes have failed, for more than 5 s (/readyz answers 503).",
-                 1 if server.writer.stalled() else 0)
-    stats = server.writer.stats
+                 1 if store.stalled else 0)
+    stats = store.stats
     yield _counter("chatsrv_store_flushes", "History batches committed.", stats.flushes)
     yield _counter("chatsrv_store_messages_written", "History messages committed.",
                    stats.messages)
@@ -156,25 +273,22 @@ def _store(server: ChatServer) -> Iterator:
                  stats.max_flush_s)
 
 
-def _cluster(server: ChatServer) -> Iterator:
+def _cluster(cluster: ClusterScrape) -> Iterator:
     """Cluster mode (`--redis`): this node's view of the backplane."""
-    backplane = server.backplane
-    if not backplane.cluster:
-        return
-    hub, stats = server.hub, backplane.stats
+    stats = cluster.stats
     info = InfoMetricFamily("chatsrv_cluster_node", "This node's id in the cluster.")
-    info.add_metric([], {"node": backplane.node})
+    info.add_metric([], {"node": cluster.node})
     yield info
     yield _gauge("chatsrv_cluster_up", "1 while Redis is reachable and this node registered.",
-                 0 if hub.unavailable else 1)
+                 1 if cluster.up else 0)
     yield _gauge("chatsrv_cluster_nodes", "Nodes with users that this node knows, itself included.",
-                 len({u.node for u in hub.remote_users.values()} | {backplane.node}))
+                 cluster.nodes)
     yield _gauge("chatsrv_cluster_remote_users",
                  "Users logged in on other nodes (chatsrv_users_active counts this node's).",
-                 len(hub.remote_users))
+                 cluster.remote_users)
     yield _gauge("chatsrv_cluster_subscribed_groups",
                  "Group channels this node follows (groups with local members).",
-                 len(backplane.subscribed))
+                 cluster.subscribed_groups)
     yield _counter("chatsrv_cluster_published", "Events sent to Redis (messages, joins, ...).",
                    stats.published)
     yield _counter("chatsrv_cluster_batches", "Pipelines sent to Redis (one per loop turn "
@@ -197,7 +311,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def _labelled(family, name: str, doc: str, label: str, values: dict[str, int]):
+def _labelled(family, name: str, doc: str, label: str, values: Mapping[str, int]):
     metric = family(name, doc, labels=[label])
     for key, value in values.items():
         metric.add_metric([key], value)
@@ -208,10 +322,10 @@ def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=hist.cumulative(), sum_value=hist.sum)
 
 
-def make_registry(server: ChatServer) -> CollectorRegistry:
+def make_registry(scrape: Callable[[], Scrape]) -> CollectorRegistry:
     """The server's own registry: chatsrv_* plus process, platform and GC metrics."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ChatCollector(server))
+    registry.register(ChatCollector(scrape))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

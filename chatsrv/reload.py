@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import Config
 from .configfile import redacted
-from .ratelimit import RateLimiter
+from .core.ratelimit import RateLimiter
 
 LIVE = frozenset({
     "tls_cert", "tls_key", "log_level", "log_format",

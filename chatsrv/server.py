@@ -1,6 +1,11 @@
 """The gevent server: accept, limits, TLS, the per-turn flush, signals, shutdown.
 
-It wires the pure hub to sessions; it holds no chat logic of its own.
+It wires the pure hub to sessions; it holds no chat logic of its own. As the
+composition root it is also the one place that hands each adapter its narrow
+interface: the store writer gets the hub and a flush callback, the backplane
+the hub and two callbacks (`open_backplane`), the HTTP endpoint an `Admin`
+facade (http.AdminPort) and `scrape` (metrics.Scrape). No adapter sees the
+server or a session.
 """
 
 from __future__ import annotations
@@ -8,40 +13,46 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import resource
 import signal
 import socket
 import ssl
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import gevent
 from gevent.event import Event
 
-from . import protocol as P
 from . import sdnotify
+from .accounts import AccountError, AccountService
 from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config, ConfigError
 from .configfile import Resolved, check_tls
-from .createrate import CreateRate
-from .http import AdminHTTP
-from .hub import (
-    GENERAL,
+from .core import protocol as P
+from .core.accounts import Account, AccountBook, AccountWork, Register
+from .core.createrate import CreateRate
+from .core.errors import (
     ClusterUnavailable,
     CreateFailed,
     DeleteFailed,
-    Group,
     GroupExists,
     GroupPending,
-    Hub,
     LoginRefused,
-    User,
+    ProtocolError,
 )
-from .limits import PER_IP, RATE, AddressLimits, address_key
+from .core.hub import Hub
+from .core.limits import PER_IP, RATE, AddressLimits, address_key
+from .core.model import Group, RemoteUser, User
+from .core.protocol import GENERAL
+from .http import AdminHTTP, Connection
+from .metrics import ChatCounters, ClusterScrape, Scrape, StoreScrape
 from .net.acceptor import Acceptor, listening_socket
+from .net.hashing import Hasher
 from .net.session import Session
 from .net.sockio import SockIO
 from .net.tls import TlsChannel
@@ -53,7 +64,7 @@ log = logging.getLogger("chatsrv.server")
 
 # Sessions ending for these reasons get their last lines flushed (bounded by
 # the grace period); the others have a dead or hopeless socket.
-GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown"})
+GRACEFUL = frozenset({"exit", "timeout", "kicked", "shutdown", "replaced", "login_failed"})
 
 # The line a refused connection gets, by `chatsrv_connections_rejected_total` reason.
 REFUSAL_LINES = {
@@ -156,7 +167,11 @@ class ChatServer:
         # The latency histograms are timed only when something can read them.
         create_rate = (CreateRate(config.create_rate, time.monotonic)
                        if config.create_rate else None)
-        self.hub = Hub(clock=time.time, history=config.history, notice_limit=config.notice_limit,
+        # Accounts (PROTOCOL.md v2): all in memory, loaded in `load`; hashing runs
+        # on the hasher's threads, never on the loop.
+        self.accounts = AccountBook(config.accounts, token_ttl=config.token_ttl)
+        self.hub = Hub(clock=time.time, accounts=self.accounts,
+                       history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
                        durable=self.store.durable, max_groups=config.max_groups,
                        create_rate=create_rate, history_memory=config.history_memory_bytes)
@@ -178,6 +193,12 @@ class ChatServer:
         self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
         self._sweeper: Any | None = None  # a gevent timer (gevent has no types)
         self.disconnects: Counter[str] = Counter()
+        self.hasher = Hasher()
+        self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
+        self._last_logins: dict[str, float] = {}  # account key -> time, written by _sweep
+        self.account_service = AccountService(
+            self.accounts, self.hasher, self.store, self.writer.call, self.end_account_session,
+            on_change=lambda key: self.backplane.account_changed(key))
         # Bytes of sessions already gone; the live ones are summed at scrape time.
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
@@ -189,7 +210,9 @@ class ChatServer:
         self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
-        self.backplane = open_backplane(self)
+        self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
+                                        schedule_flush=self.schedule_flush, accounts=self)
+        self.accounts.on_failure = self.backplane.login_failed
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
             self.writer.follow = self.backplane.follow
@@ -211,6 +234,11 @@ class ChatServer:
                  "--history-memory %.1f MiB) in %.2f s", self.store.describe(), len(loaded),
                  sum(len(g.history) for g in hub.groups.values()), hub.history_bytes / 2**20,
                  hub.history_budget / 2**20, time.monotonic() - started)
+        if self.accounts.enabled:
+            for account in self.store.load_accounts():
+                self.accounts.put(account)
+            self.accounts.token_key = self.store.token_key(os.urandom(32))
+            log.info("accounts %s: %d accounts", self.config.accounts, len(self.accounts))
 
     def start(self) -> None:
         """Bind the HTTP port (if on), then the chat port: `listening on` means all is up."""
@@ -223,7 +251,8 @@ class ChatServer:
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
-            self.http = AdminHTTP(self, token)
+            self.http = AdminHTTP(Admin(self), self.scrape, token, host=self.config.http_host,
+                                  port=self.config.http_port, timeout=self.config.http_timeout)
             self.http.start()
         listener.start()
         self._listener = listener
@@ -364,6 +393,7 @@ class ChatServer:
     def close_store(self, timeout: float | None = None) -> None:
         """Write the history still unsaved, close the store and free the data directory
         (within `timeout` seconds, whatever the disk does)."""
+        self.save_last_logins()
         try:
             self.writer.close(timeout)
         except Exception as err:
@@ -422,8 +452,17 @@ class ChatServer:
     def _sweep(self) -> None:
         try:
             self.limits.purge()
+            self.accounts.throttle.sweep(time.time())
+            self.save_last_logins()
         except Exception:
             log.exception("server error sweeping per-address state")
+
+    def save_last_logins(self) -> None:
+        """Accounts' last logins, batched (every sweep and at shutdown), not fsynced."""
+        if self._last_logins:
+            batch = list(self._last_logins.items())
+            self._last_logins.clear()
+            self.writer.submit(self.store.record_logins, batch)
 
     def _release(self, key: str | None, logged_in: bool) -> None:
         """An admitted connection ended: give back what `admit` counted."""
@@ -478,24 +517,81 @@ class ChatServer:
             io.close()
             return None
 
-    def login(self, text: str, session: Session) -> User:
-        """A username line: log in, cluster-wide with a backplane; raises LoginRefused."""
+    def login(self, text: str, session: Session, account: str | None = None) -> User:
+        """A username line: log in, cluster-wide with a backplane; raises LoginRefused.
+        `account`: the key of the account it logged in to (None: a guest)."""
         hub = self.hub
         addr = address_key(session.peer.rsplit(":", 1)[0])  # --create-rate counts this
         if hub.outbox is None:
-            return hub.login(text, session, addr=addr)
+            return hub.login(text, session, addr=addr, account=account)
         name = hub.check_name(text)
-        self.backplane.claim(name, session)  # this greenlet waits for Redis
+        self.backplane.claim(name, session.peer)  # this greenlet waits for Redis
         try:
-            return hub.login(name, session, announced=True, addr=addr)
+            return hub.login(name, session, announced=True, addr=addr, account=account)
         except LoginRefused:  # taken here meanwhile (cannot happen: Redis said ours)
             self.backplane.abandon(name)
             raise
 
-    def session_logged_in(self, session: Session) -> None:
+    def session_logged_in(self, session: Session, how: str = "guest",
+                          account: Account | None = None) -> None:
         self.unauth -= 1
         assert session.user is not None  # the session has just logged in
-        log.info("login id=%d user=%s", session.id, session.user.name)
+        self.logins[how] += 1
+        if account is not None:
+            self._last_logins[account.key] = time.time()
+        log.info("login id=%d user=%s as=%s", session.id, session.user.name, how)
+
+    def do_account_work(self, work: list[AccountWork]) -> None:
+        """Run `register`/`password` (a session's greenlet waits; nobody else does)
+        and queue each reply for its user."""
+        service = self.account_service
+        for item in work:
+            user = item.user
+            assert isinstance(user, User)
+            try:
+                if isinstance(item, Register):
+                    account = service.register(item.name, item.password)
+                    user.account = account.key
+                    reply = f"ok: registered {account.name}"
+                else:
+                    service.change_password(item.name, item.old, item.new)
+                    reply = "ok: password changed"
+            except AccountError as err:  # the store's failures included (Unavailable)
+                reply = str(err)
+            if self.hub.users.get(user.key) is user:  # not gone meanwhile
+                self.hub.reply(user, reply)
+        self.schedule_flush()
+
+    def login_result(self, result: str) -> None:
+        """A refused login: `failed`, `throttled` or another refusal (`refused`)."""
+        self.logins[result] += 1
+
+    def replace_session(self, name: str) -> None:
+        """A login to an account ends the older session of that name (a dead laptop,
+        a second tab, or a guest that took the name before the account existed),
+        on this node or another: it hears why, and the name is free when this
+        returns."""
+        session = self.find_session(name)
+        if session is not None:
+            self._end_session(session, P.REPLACED, "replaced")
+        else:
+            self.backplane.replace(name)
+
+    def end_account_session(self, name: str, line: bytes, reason: str) -> None:
+        """An account was suspended or deleted: end the session logged in to it."""
+        session = self.find_session(name)
+        if session is not None and session.user is not None \
+                and session.user.account == P.name_key(P.normalize(name)):
+            self._end_session(session, line, reason)
+
+    def _end_session(self, session: Session, line: bytes, reason: str) -> None:
+        user = session.user
+        assert user is not None  # found through the hub's users: logged in
+        session.emit(line)
+        self.flush()
+        self.hub.logout(user)
+        self.schedule_flush()  # the leave notices
+        session.abort(reason)
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
@@ -556,8 +652,8 @@ class ChatServer:
         if not hub.durable:
             hub.group_committed(group, None)
             return group
-        hub.uncommitted.append((None, group))
-        self.writer.settle(self.writer.take_pending())
+        hub.commits.uncommitted.append((None, group))
+        self.writer.settle(hub.commits.take())
         existing = hub.groups.get(group.key)
         if existing is not None and existing is not group:  # another node's, in a cluster
             raise GroupExists(P.group_exists(existing.name))
@@ -579,7 +675,7 @@ class ChatServer:
         if group is None:
             return None
         if group.key == P.name_key(GENERAL):
-            raise P.ProtocolError(f"error: {GENERAL} cannot be deleted")
+            raise ProtocolError(f"error: {GENERAL} cannot be deleted")
         hub.remove_group(group)
         self.schedule_flush()
         try:
@@ -596,6 +692,37 @@ class ChatServer:
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
 
+    def kick_local(self, name: str, reason: str = "kicked") -> str | None:
+        """End a session of this node only, because another node asked: an
+        administrator's kick there (as `kick`), or a login to the account there
+        (reason `replaced`)."""
+        if reason == "replaced":
+            session = self.find_session(name)
+            if session is None or session.user is None:
+                return None
+            self._end_session(session, P.REPLACED, "replaced")
+            return session.user.name
+        return self.kick(name, local_only=True)
+
+    # Accounts changed by other nodes (cluster mode; backplane.AccountEvents).
+
+    def account_updated(self, key: str, account: Account | None) -> None:
+        book = self.accounts
+        if not book.enabled:
+            return
+        if account is None:
+            gone = book.drop(key)
+            if gone is not None:
+                self.end_account_session(gone.name, P.KICKED, "kicked")
+            return
+        book.put(account)
+        if account.suspended:
+            self.end_account_session(account.name, P.KICKED, "kicked")
+
+    def login_failed_elsewhere(self, key: str, at: float) -> None:
+        if key in self.accounts.accounts:
+            self.accounts.throttle.failed(key, at)
+
     def kick(self, name: str, local_only: bool = False) -> str | None:
         """End a user's session (reason `kicked`); its display name, or None if unknown.
 
@@ -610,12 +737,150 @@ class ChatServer:
             return remote[0] if remote is not None else None
         user = session.user
         assert user is not None  # found through the hub's users: logged in
-        session.emit(P.KICKED)
-        self.flush()
-        self.hub.logout(user)
-        self.schedule_flush()  # the leave notices
-        session.abort("kicked")
+        self._end_session(session, P.KICKED, "kicked")
         return user.name
+
+
+    # ------------------------------------------------------------ metrics
+
+    def scrape(self) -> Scrape:
+        """What /metrics shows, taken when Prometheus scrapes (metrics.ChatCollector)."""
+        hub = self.hub
+        sessions = list(self.sessions)
+        self.limits.purge()  # so the gauge shows no entry that is already due to go
+        return Scrape(
+            connections_total=self.connections_total,
+            connections_active=len(sessions),
+            connections_unauthenticated=self.unauth,
+            rejected=self.rejected,
+            disconnects=self.disconnects,
+            logins=self.logins,
+            accounts=len(self.accounts),
+            limited_addresses=len(self.limits.entries),
+            sendq_bytes=sum(s.qbytes for s in sessions),
+            received_bytes=self.closed_bytes_in + sum(s.bytes_in for s in sessions),
+            sent_bytes=self.closed_bytes_out + sum(s.bytes_out for s in sessions),
+            users=len(hub.users),
+            groups=len(hub.groups),
+            chat=hub.stats,
+            history_bytes=hub.history_bytes,
+            history_budget=hub.history_budget,
+            started_at=self.started_at,
+            stopping=self.stopping,
+            max_clients=self.config.max_clients,
+            http_closed=self.http.closed() if self.http is not None else None,
+            cluster=self._cluster_scrape(),
+            store=(StoreScrape(stalled=bool(self.writer.stalled()), stats=self.writer.stats)
+                   if self.store.durable else None),
+        )
+
+    def _cluster_scrape(self) -> ClusterScrape | None:
+        backplane = self.backplane
+        if not backplane.cluster:
+            return None
+        hub = self.hub
+        return ClusterScrape(
+            node=backplane.node,
+            up=not hub.unavailable,
+            nodes=len({u.node for u in hub.remote_users.values()} | {backplane.node}),
+            remote_users=len(hub.remote_users),
+            subscribed_groups=len(backplane.subscribed),
+            stats=backplane.stats,
+        )
+
+
+class Admin:
+    """The admin API's view of the server (http.AdminPort): what it may read and do.
+
+    Reads go to the hub and the server's counters; the operations are the
+    server's (`kick`, `create_group`, `delete_group`) and the announcement, which
+    reaches this node's users through the hub and the other nodes' through the
+    backplane."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self._server = server
+        self._hub = server.hub
+
+    @property
+    def node(self) -> str | None:
+        return self._server.backplane.node or None
+
+    @property
+    def started_at(self) -> float:
+        return self._server.started_at
+
+    @property
+    def stopping(self) -> bool:
+        return self._server.stopping
+
+    @property
+    def max_line(self) -> int:
+        return self._server.config.max_line
+
+    @property
+    def accounts(self) -> AccountService:
+        return self._server.account_service
+
+    @property
+    def users(self) -> Mapping[str, User]:
+        return self._hub.users
+
+    @property
+    def remote_users(self) -> Mapping[str, RemoteUser]:
+        return self._hub.remote_users
+
+    @property
+    def groups(self) -> Mapping[str, Group]:
+        return self._hub.groups
+
+    @property
+    def chat(self) -> ChatCounters:
+        return self._hub.stats
+
+    @property
+    def connections_active(self) -> int:
+        return len(self._server.sessions)
+
+    @property
+    def connections_total(self) -> int:
+        return self._server.connections_total
+
+    @property
+    def rejected(self) -> Mapping[str, int]:
+        return self._server.rejected
+
+    @property
+    def disconnects(self) -> Mapping[str, int]:
+        return self._server.disconnects
+
+    def connection(self, user: User) -> Connection:
+        # The server logs users in with their Session only (`ChatServer.login`).
+        return cast(Session, user.conn)
+
+    def store_stalled(self) -> float:
+        return self._server.writer.stalled()
+
+    def cluster_status(self) -> dict:
+        return self._server.backplane.status()
+
+    def kick(self, name: str) -> str | None:
+        return self._server.kick(name)
+
+    def create_group(self, name: str) -> Group:
+        return self._server.create_group(name)
+
+    def delete_group(self, name: str) -> str | None:
+        return self._server.delete_group(name)
+
+    def announce(self, text: str, group: Group | None) -> int:
+        server = self._server
+        receivers = self._hub.announce(text, group.name if group is not None else None)
+        receivers += server.backplane.announce(text, group)  # other nodes' users
+        server.schedule_flush()
+        return receivers
+
+    def reload(self) -> dict[str, Any]:
+        return self._server.reload()
 
 
 def serve(config: Config, resolved: Resolved | None = None) -> int:

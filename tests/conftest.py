@@ -79,6 +79,15 @@ def start_server(tmp_path: Path, **options) -> RunningServer:
     raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
 
 
+def wait_for(condition, what: str, limit: float = 20.0) -> None:
+    """Poll `condition` until it holds (a barrier instead of a fixed sleep); fail
+    after `limit` seconds, a bound for a broken server, not a timing assertion."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,12 +18,48 @@ docs/scaling.md describes the design, its guarantees and what an outage loses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ..hub import Group
-    from ..net.session import Session
-    from ..server import ChatServer
+    from ..config import Config
+    from ..core import events as E
+    from ..core.accounts import Account
+    from ..core.model import Group, RemoteUser, User
+
+
+class ClusterHub(Protocol):
+    """What a node uses of the hub (`hub.Hub` implements it), named once: the
+    outbox it drains, the state it publishes when it registers, and the mirror
+    methods that apply what the other nodes published."""
+
+    outbox: list[E.Event] | None  # the publisher takes it whole, once per loop turn
+    unavailable: bool  # set while Redis is unreachable; commands needing it refuse
+    unconfirmed: set[tuple[str, str]]  # cleared once this node's state is published
+
+    @property
+    def history_size(self) -> int: ...
+    @property
+    def users(self) -> Mapping[str, User]: ...
+    @property
+    def groups(self) -> Mapping[str, Group]: ...
+    @property
+    def remote_users(self) -> Mapping[str, RemoteUser]: ...
+
+    def join_cluster(self, node: str) -> None: ...
+    def forget_remote(self, key: str) -> None: ...
+    def remote_login(self, node: str, name: str, since: float, peer: str = "") -> None: ...
+    def remote_logout(self, key: str, node: str) -> None: ...
+    def remote_join(self, key: str, gkey: str, node: str, notify: bool = True) -> None: ...
+    def remote_leave(self, key: str, gkey: str, node: str, notify: bool = True) -> None: ...
+    def join_confirmed(self, key: str, gkey: str) -> None: ...
+    def remote_public(self, gkey: str, data: bytes, count: int = 1) -> None: ...
+    def remote_private(self, key: str, data: bytes) -> bool: ...
+    def remote_group(self, name: str, created_by: str, created_at: float) -> None: ...
+    def remote_group_deleted(self, gkey: str) -> None: ...
+    def node_gone(self, node: str) -> list[str]: ...
+    def node_state(self, node: str, users: list[tuple[str, float, str, list[str]]]) -> None: ...
+    def announce(self, text: str, group_name: str | None = None) -> int: ...
 
 
 class Local:
@@ -41,8 +77,8 @@ class Local:
     def wake(self) -> None:
         pass
 
-    def claim(self, name: str, session: Session) -> None:
-        """Hold `name` cluster-wide before the login; raises LoginRefused."""
+    def claim(self, name: str, peer: str) -> None:
+        """Hold `name` cluster-wide for a login from `peer`; raises LoginRefused."""
 
     def kick(self, name: str) -> tuple[str, str] | None:
         """Kick a user of another node: (display name, node), or None if unknown."""
@@ -52,15 +88,45 @@ class Local:
         """Tell the other nodes; returns how many of their users it reaches."""
         return 0
 
+    def replace(self, name: str) -> bool:
+        """End another node's session of `name` for a login to its account here
+        (`* disconnected: logged in from another connection`); False if none."""
+        return False
+
+    def account_changed(self, key: str) -> None:
+        """An account was created, changed or deleted here: the other nodes reload it."""
+
+    def login_failed(self, key: str, at: float) -> None:
+        """A failed login to an existing account here: every node counts it."""
+
     def status(self) -> dict:
         return {"mode": "single"}
 
 
-def open_backplane(server: ChatServer):
-    """`Local`, or a Redis node when `--redis` is set."""
-    config = server.config
+class AccountEvents(Protocol):
+    """What a node tells the server about accounts other nodes changed."""
+
+    def account_updated(self, key: str, account: Account | None) -> None:
+        """The account as Redis has it now (None: deleted)."""
+
+    def login_failed_elsewhere(self, key: str, at: float) -> None:
+        """Another node counted a failed login to this account."""
+
+
+def open_backplane(config: Config, hub: ClusterHub, *, kick_local: Callable[[str, str], object],
+                   schedule_flush: Callable[[], None], accounts: AccountEvents | None = None):
+    """`Local`, or a Redis node when `--redis` is set.
+
+    A node gets the hub as a `ClusterHub` (it drains its outbox and mirrors the
+    other nodes into it) and two callbacks of the server it runs in, never the
+    server itself: `kick_local(name, reason)` ends a user's session on this node
+    (another node asked: `kicked`, or `replaced` by a login to its account there),
+    `schedule_flush()` has the lines it queued sent at the end of this loop turn;
+    `accounts` hears of accounts the other nodes changed."""
     if not config.redis:
         return Local()
     from .node import RedisBackplane
 
-    return RedisBackplane(server, config.redis, config.node_id, config.node_ttl)
+    return RedisBackplane(hub, config.redis, config.node_id, config.node_ttl,
+                          kick_local=kick_local, schedule_flush=schedule_flush,
+                          accounts=accounts)

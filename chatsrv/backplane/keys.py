@@ -8,6 +8,10 @@ Keys (all under the `chatsrv:` prefix; one Redis database per cluster):
     chatsrv:nodes              set   node ids believed alive
     chatsrv:node:<id>          string, with a TTL: the node's heartbeat
     chatsrv:node:<id>:users    set   user keys the node holds (freed when it is reaped)
+    chatsrv:accounts           hash  account key -> {"name", "phc", "at", "gen", "suspended"}
+                                     (JSON; `phc` is the argon2id hash, never a password)
+    chatsrv:account-logins     hash  account key -> last login (Unix time)
+    chatsrv:token-key          string  the HMAC key of login tokens (not a token)
 
 Channels:
 
@@ -29,10 +33,12 @@ is the sender's id (group keys and user keys are `protocol.name_key`s):
     state     node, users ([name, since, peer, [group keys]] each)
     hello     node                       gone      node
     announce  node, text, group (a group name, or null: everyone)
-    kick      name (on the target node's channel)
+    account   node, key (an account was created, changed or deleted: read it again)
+    loginfail node, key, at (a failed login to that account, for the throttle)
+    kick      name, reason (kicked | replaced; on the target node's channel)
 
 Nodes of different versions must not share a Redis (docs/scaling.md: upgrade
-by restarting every node). No secret is ever written to Redis.
+by restarting every node). No password or token is ever written to Redis.
 
 Everything a node publishes goes through one connection in order, and every
 node reads all its subscriptions on one connection, so Redis's single order of
@@ -49,6 +55,9 @@ USERS = PREFIX + "users"
 GROUPS = PREFIX + "groups"
 NODES = PREFIX + "nodes"
 CTL = PREFIX + "ctl"
+ACCOUNTS = PREFIX + "accounts"
+ACCOUNT_LOGINS = PREFIX + "account-logins"
+TOKEN_KEY = PREFIX + "token-key"
 
 
 def history(group_key: str) -> str:

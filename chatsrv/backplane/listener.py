@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import ClusterUnavailable
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable
 from . import conn, keys
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ class Listener:
             "hello": self._hello,
             "gone": self._gone,
             "announce": self._announce,
+            "account": self._account,
+            "loginfail": self._login_failed,
         }
         # This node's own control messages coming back, by type (the rest: nothing to do).
         self._own: dict[str, Handler] = {
@@ -139,11 +141,12 @@ class Listener:
                 self._on_direct(json.loads(data))
         else:
             self._on_control(json.loads(data))
-        bp.server.schedule_flush()
+        bp.schedule_flush()
 
     def _on_direct(self, message: dict) -> None:
         if message.get("type") == "kick":
-            self.bp.server.kick(message["name"], local_only=True)
+            reason = "replaced" if message.get("reason") == "replaced" else "kicked"
+            self.bp.kick_local(message["name"], reason)
 
     def _on_control(self, message: dict) -> None:
         # Every node's control messages name it; a store's `group` message does not,
@@ -213,3 +216,11 @@ class Listener:
         group = m.get("group")
         if group is None or P.name_key(P.normalize(group)) in self.hub.groups:
             self.hub.announce(m["text"], group)
+
+    def _account(self, node: str, m: dict) -> None:
+        gevent.spawn(self.bp.fetch_account, m["key"])
+
+    def _login_failed(self, node: str, m: dict) -> None:
+        accounts = self.bp.accounts
+        if accounts is not None:
+            accounts.login_failed_elsewhere(m["key"], float(m["at"]))

@@ -25,25 +25,26 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import ClusterUnavailable, LoginRefused
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable, LoginRefused
 from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
 from .publisher import SUBSCRIBE_WAIT_S, Publisher
+from .store import account_from_json
 
 if TYPE_CHECKING:
     from redis.client import PubSub
 
-    from ..hub import Group
-    from ..net.session import Session
-    from ..server import ChatServer
+    from ..core.model import Group
+    from . import AccountEvents, ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")
 
@@ -89,9 +90,16 @@ def default_node_id() -> str:
 class RedisBackplane:
     cluster = True
 
-    def __init__(self, server: ChatServer, url: str, node: str | None, ttl: float) -> None:
-        self.server = server
-        self.hub = server.hub
+    def __init__(self, hub: ClusterHub, url: str, node: str | None, ttl: float, *,
+                 kick_local: Callable[[str, str], object],
+                 schedule_flush: Callable[[], None],
+                 accounts: AccountEvents | None = None) -> None:
+        self.hub = hub
+        self.accounts = accounts
+        # The server's, for the jobs: end a session of this node (a kick from another
+        # node, a name lost to an older claim); send what was queued, this loop turn.
+        self.kick_local = kick_local
+        self.schedule_flush = schedule_flush
         self.url = url
         self.node = node or default_node_id()
         self.node_b = self.node.encode()
@@ -180,13 +188,14 @@ class RedisBackplane:
 
     # ------------------------------------------------------------ requests from sessions/API
 
-    def claim(self, name: str, session: Session) -> None:
+    def claim(self, name: str, peer: str) -> None:
         """Hold `name` in Redis for this node (in the publisher's order, after any
-        logout already queued); the session's greenlet waits. Raises LoginRefused."""
+        logout already queued); the session's greenlet (logging in from `peer`) waits.
+        Raises LoginRefused."""
         hub = self.hub
         if hub.unavailable:
             raise LoginRefused(P.CLUSTER_UNAVAILABLE)
-        claim = NameClaim(name, session.peer, time.time(), str(next(self._tokens)))
+        claim = NameClaim(name, peer, time.time(), str(next(self._tokens)))
         self.claims[claim.token] = claim
         self.post(E.Claim(claim))
         self.wake()
@@ -252,15 +261,41 @@ class RedisBackplane:
         self.post(E.Release(P.name_key(name)))
         self.wake()
 
-    def kick(self, name: str) -> tuple[str, str] | None:
+    def kick(self, name: str, reason: str = "kicked") -> tuple[str, str] | None:
         user = self.hub.remote_users.get(P.name_key(P.normalize(name)))
         if user is None:
             return None
-        self._control(keys.node_channel(user.node), {"type": "kick", "name": user.name})
+        self._control(keys.node_channel(user.node),
+                      {"type": "kick", "name": user.name, "reason": reason})
         deadline = time.monotonic() + KICK_WAIT_S
         while self.hub.remote_users.get(user.key) is user and time.monotonic() < deadline:
             gevent.sleep(0.02)  # the name is free once its node's logout arrived
         return user.name, user.node
+
+    def replace(self, name: str) -> bool:
+        return self.kick(name, "replaced") is not None
+
+    def account_changed(self, key: str) -> None:
+        self._control(keys.CTL, {"type": "account", "node": self.node, "key": key})
+
+    def login_failed(self, key: str, at: float) -> None:
+        self._control(keys.CTL, {"type": "loginfail", "node": self.node, "key": key, "at": at})
+
+    def fetch_account(self, key: str) -> None:
+        """Another node changed an account: read it from Redis and tell the server
+        (a greenlet of its own, so the listener never waits for it)."""
+        if self.accounts is None:
+            return
+        try:
+            raw = self.redis.hget(keys.ACCOUNTS, key)
+            last = self.redis.hget(keys.ACCOUNT_LOGINS, key)
+        except conn.ERRORS as err:
+            log.warning("cluster: cannot read account %s from Redis: %s", key, err)
+            return
+        account = None if raw is None else account_from_json(
+            raw, float(last) if last is not None else None)
+        self.accounts.account_updated(key, account)
+        self.schedule_flush()
 
     def announce(self, text: str, group: Group | None) -> int:
         self._control(keys.CTL, {"type": "announce", "node": self.node, "text": text,

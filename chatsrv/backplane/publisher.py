@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gevent.event import AsyncResult, Event
 
-from .. import protocol as P
 from ..core import events as E
-from ..hub import GENERAL, ClusterUnavailable
+from ..core import protocol as P
+from ..core.errors import ClusterUnavailable
+from ..core.protocol import GENERAL
 from . import conn, keys
 
 if TYPE_CHECKING:
-    from ..hub import Group, User
+    from ..core.model import Group, User
     from .node import NameClaim, RedisBackplane
 
 log = logging.getLogger("chatsrv.backplane")
@@ -336,7 +337,7 @@ class Publisher:
         for user in conflicts:
             log.warning("user %s: name taken by another node during the outage; disconnecting",
                         user.name)
-            bp.server.kick(user.name, local_only=True)
+            bp.kick_local(user.name, "kicked")
         if done is not None:
             done.set(True)
 
@@ -372,7 +373,7 @@ class Publisher:
         alive = {n.decode() for n in results[-1]}
         for gone in {u.node for u in hub.remote_users.values()} - alive:
             hub.node_gone(gone)
-        bp.server.schedule_flush()
+        bp.schedule_flush()
         return [u for u, ok in zip(users, results[first:first + len(users)], strict=True)
                 if ok != 1]
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 
-from ..hub import ClusterUnavailable, GroupTaken
-from ..protocol import GENERAL, name_key
+from ..core.accounts import Account
+from ..core.errors import ClusterUnavailable, GroupTaken
+from ..core.protocol import GENERAL, name_key
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
 
@@ -107,8 +108,78 @@ class RedisStore(Store):
             raise ClusterUnavailable(str(err)) from None
         return [_entry(r) for r in raw]
 
+    # ------------------------------------------------------------ accounts
+
+    def load_accounts(self) -> list[Account]:
+        try:
+            raw = self.redis.hgetall(keys.ACCOUNTS)
+            logins = self.redis.hgetall(keys.ACCOUNT_LOGINS)
+        except conn.ERRORS as err:
+            raise StoreError(f"cannot reach Redis at {conn.describe(self.url)}: {err}") from None
+        out = []
+        for key, value in raw.items():
+            last = logins.get(key)
+            out.append(account_from_json(value, float(last) if last is not None else None))
+        return out
+
+    def get_account(self, key: str) -> Account | None:
+        """One account as Redis has it now (another node changed it)."""
+        try:
+            value = self.redis.hget(keys.ACCOUNTS, key)
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+        return None if value is None else account_from_json(value, None)
+
+    def add_account(self, account: Account) -> bool:
+        try:
+            return bool(self.redis.hsetnx(keys.ACCOUNTS, account.key, account_json(account)))
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def put_account(self, account: Account) -> None:
+        try:
+            self.redis.hset(keys.ACCOUNTS, account.key, account_json(account))
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def delete_account(self, key: str) -> bool:
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hdel(keys.ACCOUNTS, key)
+            pipe.hdel(keys.ACCOUNT_LOGINS, key)
+            return bool(pipe.execute()[0])
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def record_logins(self, logins: list[tuple[str, float]]) -> None:
+        try:
+            self.redis.hset(keys.ACCOUNT_LOGINS, mapping=dict(logins))
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def token_key(self, fresh: bytes) -> bytes:
+        try:
+            self.redis.set(keys.TOKEN_KEY, fresh, nx=True)
+            stored = self.redis.get(keys.TOKEN_KEY)
+        except conn.ERRORS as err:
+            raise StoreError(f"cannot reach Redis at {conn.describe(self.url)}: {err}") from None
+        if stored is None:
+            return fresh
+        return stored.encode("latin-1") if isinstance(stored, str) else bytes(stored)
+
     def close(self) -> None:
         self.redis.close()
+
+
+def account_json(account: Account) -> str:
+    return keys.dumps({"name": account.name, "phc": account.phc, "at": account.created_at,
+                       "gen": account.generation, "suspended": account.suspended})
+
+
+def account_from_json(raw: bytes | str, last_login: float | None) -> Account:
+    data = json.loads(raw)
+    return Account(data["name"], data["phc"], float(data["at"]), int(data.get("gen", 0)),
+                   bool(data.get("suspended", False)), last_login)
 
 
 def _entry(raw: bytes | str) -> Entry:

@@ -17,7 +17,7 @@ Two plain values rather than an object: an idle parked session costs about
 
 from __future__ import annotations
 
-from .. import protocol as P
+from . import protocol as P
 
 LEGACY_SILENCE_S = 0.2
 

@@ -30,11 +30,15 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import Timeout
 
-from .. import protocol as P
+from ..core import accounts as A
 from ..core import framing
+from ..core import protocol as P
+from ..core.commits import Pending
+from ..core.errors import LoginRefused
 from ..core.framing import LEGACY_SILENCE_S, FramingError
-from ..hub import LoginRefused, User
-from ..ratelimit import RateLimiter
+from ..core.model import User
+from ..core.ratelimit import RateLimiter
+from ..passwords import needs_rehash
 
 if TYPE_CHECKING:
     from ..server import ChatServer
@@ -80,12 +84,26 @@ class LoginTimeout(Exception):
     pass
 
 
+class _Login:
+    """A connection's login exchange: its failed attempts and, after the password
+    prompt, the name whose password the next line is."""
+
+    __slots__ = ("attempts", "waiting")
+
+    def __init__(self) -> None:
+        self.attempts = A.LoginAttempts()
+        self.waiting: str | None = None
+
+    def refused(self, step: A.Refused) -> tuple[str, bool]:
+        return self.attempts.refused(step)
+
+
 class Session:
     __slots__ = (
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes",
+        "silence", "held", "held_bytes", "login",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -127,6 +145,9 @@ class Session:
         # an idle session should not pay for an empty one).
         self.held: list[bytes] | None = None
         self.held_bytes = 0
+        # The login exchange with accounts (failures so far, the name waiting for
+        # its password); dropped at login, so a logged-in session does not pay for it.
+        self.login: _Login | None = None
 
     # ------------------------------------------------------------ output
 
@@ -308,9 +329,11 @@ class Session:
                         gevent.sleep(delay)
                     elif i % LOGIN_YIELD_EVERY == LOGIN_YIELD_EVERY - 1:
                         gevent.sleep(LOGIN_YIELD_S)
-                    if self._try_login(line, max_line):
+                    done = self._try_login(line, max_line)
+                    if done:
                         return lines[i + 1:]
-                    self.write(P.PROMPT)
+                    if done is not None:  # None: the password prompt was sent instead
+                        self.write(P.PROMPT)
                 gevent.sleep(LOGIN_YIELD_S)
 
     def _read_login_lines(self, recv, max_line: int) -> list[bytes]:
@@ -338,16 +361,77 @@ class Session:
         n = self.sock.recv_into(_RECV_BUF, size)
         return _RECV_VIEW[:n].tobytes()
 
-    def _try_login(self, line: bytes, max_line: int) -> bool:
+    def _try_login(self, line: bytes, max_line: int) -> bool | None:
+        """One line at the prompt: True once logged in, False to prompt again, None
+        when the password prompt was sent (the next line is the password)."""
         text = self._decode(line, max_line)
         if text is None:
+            if self.login is not None:
+                self.login.waiting = None  # back to the username prompt
             return False
+        book = self.server.accounts
+        if not book.enabled:
+            return self._guest_login(text)
+        state = self.login
+        if state is None:
+            state = self.login = _Login()
+        now = time.time()
+        waiting = state.waiting
+        if waiting is not None:
+            state.waiting = None
+            step = book.secret(waiting, text.strip(P.SEPARATORS), now)
+        else:
+            name, secret = book.split(text.strip(P.SEPARATORS))
+            nfc = P.normalize(name.strip(P.SEPARATORS))
+            problem = P.name_problem(nfc)
+            if problem is not None:
+                self.write(P.encode(P.invalid_username(problem)))
+                return False
+            step = book.begin(nfc, secret, now)
+        if isinstance(step, A.AskPassword):
+            state.waiting = step.name
+            self.write(P.encode(A.password_prompt(step.name)))
+            return None
+        if isinstance(step, A.CheckPassword):
+            check = step
+            ok = self.server.hasher.verify(check.phc, check.password)
+            step = book.checked(check, ok, time.time())
+            if isinstance(step, A.LoggedIn) and needs_rehash(step.account.phc):
+                # Made with older parameters: store today's, after this login.
+                gevent.spawn(self.server.account_service.rehash, step.account, check.password)
+        if isinstance(step, A.Guest):
+            return self._guest_login(step.name)
+        if isinstance(step, A.Refused):
+            reply, close = state.refused(step)
+            self.server.login_result(step.result or "refused")
+            self.write(P.encode(reply))
+            if close:
+                raise SessionEnd("login_failed")
+            return False
+        return self._account_login(step)
+
+    def _guest_login(self, text: str) -> bool:
         try:
             self.user = self.server.login(text, self)
         except LoginRefused as refused:
             self.write(P.encode(str(refused)))
             return False
-        self.server.session_logged_in(self)
+        self.login = None
+        self.server.session_logged_in(self, "guest")
+        return True
+
+    def _account_login(self, step: A.LoggedIn) -> bool:
+        """The account's password or token was right: its older session, if any,
+        ends (reason `replaced`) and this one takes the name at once."""
+        account = step.account
+        self.server.replace_session(account.name)
+        try:
+            self.user = self.server.login(account.name, self, account.key)
+        except LoginRefused as refused:  # a guest of this name on another node
+            self.write(P.encode(str(refused)))
+            return False
+        self.login = None
+        self.server.session_logged_in(self, step.how, account)
         return True
 
     # ------------------------------------------------------------ parked reading
@@ -417,6 +501,7 @@ class Session:
         reason `sendq` before another command runs: pipelined `history` or
         `groups` cannot make the server hold more than about --sendq for it)."""
         hub = self.server.hub
+        commits = hub.commits
         user = self.user
         assert user is not None  # commands run only after the login phase
         limiter = self.limiter
@@ -444,8 +529,12 @@ class Session:
             if hub.handle(user, text):
                 self.abort("exit")
                 return
-            if hub.uncommitted or hub.blocked or hub.queries:  # a reply waits for the store
+            if commits.uncommitted or commits.blocked or commits.queries:  # a reply waits
+                # for the store (or Redis): see core/commits.py
                 self._wait_for_store(lines[i + 1:])
+                return
+            if hub.account_work:  # `register` or `password`: a hash, then the disk
+                self._wait_for_accounts(lines[i + 1:])
                 return
 
     def _pause(self, delay: float, lines: list[bytes]) -> None:
@@ -507,10 +596,20 @@ class Session:
         Meanwhile the socket is still read (`_hold`), so a peer that closes is
         noticed at once and its name is free, however long the store takes; what
         it sent is held, in order, for when the reply is in."""
+        pending: Pending = self.server.hub.commits.take()
+        self._wait(self.server.writer.settle, pending, lines)
+
+    def _wait_for_accounts(self, lines: list[bytes]) -> None:
+        """`register`/`password` answer after argon2 (hasher threads) and the store
+        (writer thread): wait like for the store, in a greenlet of our own."""
+        hub = self.server.hub
+        work, hub.account_work = hub.account_work, []
+        self._wait(self.server.do_account_work, work, lines)
+
+    def _wait(self, job, arg, lines: list[bytes]) -> None:
         self.sock.reading.stop()
         self.server.schedule_flush()
-        pending = self.server.writer.take_pending()
-        self.paused = gevent.spawn(self._settle, pending, lines)
+        self.paused = gevent.spawn(self._settle, job, arg, lines)
         self.sock.reading.start(self._hold)
 
     def _hold(self) -> None:
@@ -525,9 +624,9 @@ class Session:
         if self.held_bytes >= HOLD_MAX:  # enough: the kernel's buffer holds the rest
             self.sock.reading.stop()
 
-    def _settle(self, pending, lines: list[bytes]) -> None:
+    def _settle(self, job, arg, lines: list[bytes]) -> None:
         try:
-            self.server.writer.settle(pending)
+            job(arg)
         finally:
             self.paused = None
         if self.ending is not None:

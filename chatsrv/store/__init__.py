@@ -27,21 +27,23 @@ persisted and the gevent layer hands that to the store, as it does with
    full), its entries are marked unsaved again and retried at the next flush;
    what is pending never exceeds the in-memory rings, so memory stays bounded.
    The rings of all groups together are bounded by `--history-memory` (see
-   `hub.py`): entries the store has committed may leave memory, and `history`
+   `core/hub.py`): entries the store has committed may leave memory, and `history`
    reads them back through the writer thread (`Store.read_older`).
 
-2. Groups. `create` reserves the name in the hub (`Hub.reserved`: not
-   visible yet) and lists it in `Hub.uncommitted` instead of replying. Right
-   after the hub call the session greenlet calls `StoreWriter.settle`, which
-   submits the INSERT to the same writer thread (`synchronous=FULL` for it)
-   and waits on an event. When the commit completes, a link callback on the
-   event loop moves the group into `Hub.groups` and queues `ok: created group`
-   (or `error: group not created, storage failed: ...`), then wakes the
-   session. Only the creating session waits (its next commands are read after
+2. Groups. `create` reserves the name in the hub (`Hub.commits.reserved`:
+   not visible yet; see core/commits.py) and lists it in
+   `Hub.commits.uncommitted` instead of replying. Right after the hub call the
+   session greenlet takes them (`Commits.take`) and calls
+   `StoreWriter.settle`, which submits the INSERT to the same writer thread
+   (`synchronous=FULL` for it) and waits on an event. When the commit
+   completes, a link callback on the event loop reports a typed result
+   (`Committed`, `StorageFailed`, ...) to `Commits.settled`, which moves the
+   group into `Hub.groups` and queues `ok: created group` (or
+   `error: group not created, storage failed: ...`), then wakes the session. Only the creating session waits (its next commands are read after
    the reply, so its replies stay in order); everyone else carries on. A
    command of another session that names the reserved group (a second
-   `create` of it, a `join`) is parked in `Hub.blocked`; that session waits
-   for the same commit and then runs the command again, so "already exists"
+   `create` of it, a `join`) is parked in `Hub.commits.blocked`; that session waits
+   for the same commit and then the hub runs the command again, so "already exists"
    is only ever said of a group that `join` finds. As the writer thread runs
    jobs in order, a group is committed before any history batch that
    mentions it. A commit that takes more than 10 s is answered as failed and,

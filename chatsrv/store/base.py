@@ -10,6 +10,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..core.accounts import Account
+
 Entry = tuple[float, str, str]
 """A history entry: (UTC time in seconds, sender as logged in, message text)."""
 
@@ -68,6 +70,35 @@ class Store(ABC):
         (what `history` needs beyond the memory budget). A store that keeps no
         history has none."""
         return []
+
+    # Accounts. The server keeps every account in memory (logins never wait for
+    # the disk); the store keeps them across restarts. Writer thread, like the rest.
+
+    @abstractmethod
+    def load_accounts(self) -> list[Account]:
+        """Every account (start-up)."""
+
+    @abstractmethod
+    def add_account(self, account: Account) -> bool:
+        """Add an account if none of its key exists; returns only once durable.
+        False (nothing written) when the name is already an account's."""
+
+    @abstractmethod
+    def put_account(self, account: Account) -> None:
+        """Replace an existing account's record (new hash, generation, suspension);
+        returns only once durable."""
+
+    @abstractmethod
+    def delete_account(self, key: str) -> bool:
+        """Forget an account; returns only once durable. False when unknown."""
+
+    @abstractmethod
+    def record_logins(self, logins: list[tuple[str, float]]) -> None:
+        """Note each account's (key, time) last login; batched, not fsynced."""
+
+    @abstractmethod
+    def token_key(self, fresh: bytes) -> bytes:
+        """The installation's token key: the stored one, or `fresh` stored now."""
 
     @abstractmethod
     def close(self) -> None:

@@ -6,6 +6,7 @@ at once and keeps history only in its in-memory ring.
 
 from __future__ import annotations
 
+from ..core.accounts import Account
 from .base import Entry, GroupRecord, LoadedGroup, Store
 
 
@@ -24,6 +25,26 @@ class MemoryStore(Store):
 
     def append_history(self, batch: list[tuple[str, list[Entry]]], keep: int) -> None:
         pass
+
+    # Accounts live in the server's memory only, like everything here.
+
+    def load_accounts(self) -> list[Account]:
+        return []
+
+    def add_account(self, account: Account) -> bool:
+        return True
+
+    def put_account(self, account: Account) -> None:
+        pass
+
+    def delete_account(self, key: str) -> bool:
+        return True
+
+    def record_logins(self, logins: list[tuple[str, float]]) -> None:
+        pass
+
+    def token_key(self, fresh: bytes) -> bytes:
+        return fresh
 
     def close(self) -> None:
         pass

@@ -29,7 +29,8 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..protocol import GENERAL
+from ..core.accounts import Account
+from ..core.protocol import GENERAL
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
 
@@ -55,6 +56,23 @@ MIGRATIONS: tuple[str, ...] = (
         texts TEXT NOT NULL
     );
     CREATE INDEX history_chunks_by_group ON history_chunks(group_id, id);
+    """,
+    # 2: accounts (argon2id PHC strings only, never a password) and server secrets
+    # (the token HMAC key), so a backup carries both and a restore keeps tokens valid.
+    """
+    CREATE TABLE accounts (
+        key TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        phc TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        last_login REAL
+    );
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
     """,
 )
 """Forward migrations: entry i takes a database from version i to i + 1."""
@@ -228,7 +246,7 @@ class SqliteStore(Store):
     def _newest(self, keep: int, budget: int | None) -> dict[int, list[Entry]]:
         """Each group's last `keep` entries, newest chunks of the whole store first,
         as long as they fit in `budget`: the memory budget holds at start too."""
-        from ..hub import entry_size
+        from ..core.model import entry_size
 
         left = float("inf") if budget is None else budget
         wanted = {gid: keep for gid in self.stored}
@@ -371,6 +389,65 @@ class SqliteStore(Store):
                 "DELETE FROM history_chunks WHERE group_id = ? AND id < ?", (gid, boundary))
         return total
 
+    # ------------------------------------------------------------ accounts
+
+    def load_accounts(self) -> list[Account]:
+        try:
+            rows = self.db.execute(
+                "SELECT name, phc, created_at, generation, suspended, last_login FROM accounts"
+            ).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(describe_db_error(self.path, err)) from None
+        return [Account(name, phc, created_at, generation, bool(suspended), last_login)
+                for name, phc, created_at, generation, suspended, last_login in rows]
+
+    def _durably(self, sql: str, args: tuple[object, ...]) -> int:
+        """One statement committed with the WAL fsynced (its answer is a promise)."""
+        db = self.db
+        db.execute("PRAGMA synchronous = FULL")
+        try:
+            return db.execute(sql, args).rowcount
+        finally:
+            db.execute("PRAGMA synchronous = NORMAL")
+
+    def add_account(self, account: Account) -> bool:
+        return self._durably(
+            "INSERT OR IGNORE INTO accounts (key, name, phc, created_at, generation, suspended, "
+            "last_login) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account.key, account.name, account.phc, account.created_at, account.generation,
+             int(account.suspended), account.last_login),
+        ) == 1
+
+    def put_account(self, account: Account) -> None:
+        self._durably(
+            "UPDATE accounts SET name = ?, phc = ?, created_at = ?, generation = ?, "
+            "suspended = ? WHERE key = ?",
+            (account.name, account.phc, account.created_at, account.generation,
+             int(account.suspended), account.key),
+        )
+
+    def delete_account(self, key: str) -> bool:
+        return self._durably("DELETE FROM accounts WHERE key = ?", (key,)) == 1
+
+    def record_logins(self, logins: list[tuple[str, float]]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany("UPDATE accounts SET last_login = ? WHERE key = ?",
+                           [(at, key) for key, at in logins])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def token_key(self, fresh: bytes) -> bytes:
+        db = self.db
+        row = db.execute("SELECT value FROM secrets WHERE name = 'token_key'").fetchone()
+        if row is not None:
+            return bytes(row[0])
+        self._durably("INSERT INTO secrets (name, value) VALUES ('token_key', ?)", (fresh,))
+        return fresh
+
     def close(self) -> None:
         try:
             self.db.close()  # the last connection checkpoints and removes the WAL
@@ -387,10 +464,11 @@ class Summary:
     messages: int
     version: int
     size: int
+    accounts: int = 0
 
     def __str__(self) -> str:
         return (f"{self.groups} groups, {self.messages} history messages, "
-                f"schema version {self.version}, {self.size:,} bytes")
+                f"{self.accounts} accounts, schema version {self.version}, {self.size:,} bytes")
 
 
 def summarize(db: sqlite3.Connection, path: Path) -> Summary:
@@ -402,7 +480,8 @@ def summarize(db: sqlite3.Connection, path: Path) -> Summary:
         return Summary(0, 0, 0, path.stat().st_size)
     groups = db.execute("SELECT COUNT(*) FROM groups").fetchone()[0]
     messages = db.execute("SELECT COALESCE(SUM(count), 0) FROM history_chunks").fetchone()[0]
-    return Summary(groups, messages, version, path.stat().st_size)
+    accounts = db.execute("SELECT COUNT(*) FROM accounts").fetchone()[0] if version >= 2 else 0
+    return Summary(groups, messages, version, path.stat().st_size, accounts)
 
 
 def _check(db: sqlite3.Connection, path: Path) -> None:

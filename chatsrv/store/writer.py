@@ -9,10 +9,12 @@ result wait on it without blocking the event loop:
   (`Hub.take_unsaved`) and waits for the writer to commit it; a failed batch is
   put back (`Hub.unsaved_again`) and retried at the next flush;
 - the session that sent `create` waits for its group's commit (`settle`);
-  the hub is updated and the reply queued in a link callback, so they happen
-  even if that session is killed while waiting. A session whose command named
-  a group still being committed waits for that commit, then runs the command
-  again;
+  the outcome goes back to the hub as a typed result (`Committed`,
+  `StorageFailed`, `Taken`, `Unavailable`: core/commits.py) in a link
+  callback, so the hub is updated and the reply queued even if that session is
+  killed while waiting. A session whose command named a group still being
+  committed waits for that commit, then the hub runs the command again
+  (`Commits.retry`). This module words no reply: the core does;
 - `history` beyond what memory holds (`--history-memory`) is read by the same
   thread (`read_older`), so it sees exactly the batches handed over before it.
 
@@ -36,15 +38,24 @@ import gevent
 from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
-from .. import protocol as P
-from ..hub import ClusterUnavailable, GroupTaken
+from ..core.commits import (
+    Committed,
+    Followed,
+    HistoryQuery,
+    HistoryRead,
+    JoinQuery,
+    Pending,
+    StorageFailed,
+    StoredQuery,
+    Taken,
+    Unavailable,
+)
+from ..core.errors import ClusterUnavailable, GroupTaken
 from .base import Entry, GroupRecord, Store
 
 if TYPE_CHECKING:
-    from ..hub import Group, Hub, Query, User
-
-    # What a command left for the store to settle: creates, blocked commands, reads.
-    Pending = tuple[list[tuple[User | None, Group]], list[tuple[User, Group, str]], list[Query]]
+    from ..core.hub import Hub
+    from ..core.model import Group, User
 
 log = logging.getLogger("chatsrv.store")
 
@@ -214,6 +225,29 @@ class StoreWriter:
             log.error("history write failed (%d messages pending, retrying every flush): %s",
                       pending, err)
 
+    # ------------------------------------------------------------ accounts and other calls
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the writer thread, after everything submitted before;
+        the calling greenlet waits (nobody else does). Exceptions are re-raised here."""
+        if self.pool is None:
+            return fn(*args)
+        return self.pool.apply(self._job, (fn, *args))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` on the writer thread without waiting; a failure is logged."""
+        if self.pool is None:
+            fn(*args)
+            return
+        job = self.pool.spawn(self._job, fn, *args)
+        job.rawlink(self._log_failure)
+
+    @staticmethod
+    def _log_failure(job: Any) -> None:
+        exc = job.exception
+        if exc is not None:
+            log.error("store: background write failed: %s", exc)
+
     # ------------------------------------------------------------ groups
 
     def delete_group(self, group: Group) -> None:
@@ -224,24 +258,16 @@ class StoreWriter:
             return
         self.pool.apply(self.store.delete_group, (group.name,))
 
-    def take_pending(self) -> Pending:
-        """The creates, blocked commands and (cluster mode) history reads the last
-        command left; the caller settles them.
-
-        Taken synchronously, right after the command that made them, so each
-        session settles its own and its replies keep their order."""
-        hub = self.hub
-        created, hub.uncommitted = hub.uncommitted, []
-        blocked, hub.blocked = hub.blocked, []
-        queries, hub.queries = hub.queries, []
-        return created, blocked, queries
-
     def settle(self, pending: Pending | None = None) -> None:
-        """Commit the groups `create` reserved, then run again the commands that
-        named a group awaiting its commit, then answer the history reads.
-        The calling greenlet waits; the loop does not."""
-        hub = self.hub
-        created, blocked, queries = pending if pending is not None else self.take_pending()
+        """Commit the groups `create` reserved, then have the hub run again the
+        commands that named a group awaiting its commit, then answer the reads.
+        `pending` is what the command left (`hub.commits.take()`, taken by the
+        caller right after it). The calling greenlet waits; the loop does not.
+
+        Every outcome goes back to the hub as a typed result (core/commits.py),
+        which decides the group's fate and words the replies."""
+        commits = self.hub.commits
+        created, blocked, queries = pending if pending is not None else commits.take()
         while created or blocked or queries:
             for creator, group in created:
                 self._commit(creator, group).wait()
@@ -249,59 +275,51 @@ class StoreWriter:
                 done = self._commits.get(group.key)
                 if done is not None:
                     done.wait()
-                if hub.users.get(user.key) is user:
-                    hub.handle(user, line)  # may block again, on a newer reservation
-            for kind, user, group, arg in queries:
-                if kind == "history":
-                    self._answer_history(user, group, arg)
-                elif kind == "stored":
-                    self._answer_stored(user, group, *arg)
+                commits.retry(user, line)  # may block again, on a newer reservation
+            for query in queries:
+                if isinstance(query, HistoryQuery):
+                    self._answer_history(query)
+                elif isinstance(query, StoredQuery):
+                    self._answer_stored(query)
                 else:
-                    self._answer_join(user, group)
-            created, blocked, queries = self.take_pending()
+                    self._answer_join(query)
+            created, blocked, queries = commits.take()
 
-    def _answer_join(self, user: User, group: Group) -> None:
+    def _answer_join(self, query: JoinQuery) -> None:
         """Cluster mode: `ok: joined group` once this node follows the group's channel."""
         assert self.follow is not None  # set by the server in cluster mode
-        self.follow(group)
-        if self.hub.users.get(user.key) is user:
-            self.hub.reply(user, P.joined(group.name))
+        self.follow(query.group)
+        self.hub.commits.settled(Followed(query.user, query.group))
         self.on_reply()
 
-    def _answer_history(self, user: User, group: Group, count: int) -> None:
+    def _answer_history(self, query: HistoryQuery) -> None:
         """Cluster mode: `history` reads the group's list in Redis (`read_history`)."""
+        group = query.group
+        entries: list[Entry] | None
         try:
             assert self.read_history is not None  # set by the server in cluster mode
-            entries = self.read_history(group, count)
+            entries = self.read_history(group, query.count)
         except Exception as err:
             log.warning("history of %s not read: %s", group.name, err)
-            lines = [P.CLUSTER_UNAVAILABLE]
-        else:
-            lines = [P.history_line(group.name, at, sender, text) for at, sender, text in entries]
-            lines.append(P.end_of_history(group.name))
-        if self.hub.users.get(user.key) is user:
-            for line in lines:
-                self.hub.reply(user, line)
+            entries = None
+        self.hub.commits.settled(HistoryRead(query.user, group, entries))
         self.on_reply()
 
-    def _answer_stored(self, user: User, group: Group, before: int, count: int,
-                       kept: list) -> None:
+    def _answer_stored(self, query: StoredQuery) -> None:
         """`history` beyond memory: the `count` entries before number `before` from
         the store (the writer thread, after every batch handed over before this
         command), then `kept`, the ring as it was when the command ran."""
+        group = query.group
         try:
             assert self.pool is not None  # only a durable store has older entries
             older = self.pool.spawn(self._job, self._read_older, group.name, group.key,
-                                    before, count).get(timeout=READ_TIMEOUT_S)
+                                    query.before, query.count).get(timeout=READ_TIMEOUT_S)
         except (Exception, gevent.Timeout) as err:
             log.warning("history of %s: older messages not read from the store, answering "
-                        "with the %d in memory: %s", group.name, len(kept),
+                        "with the %d in memory: %s", group.name, len(query.kept),
                         err or "timed out")
             older = []
-        if self.hub.users.get(user.key) is user:
-            for at, sender, text in (*older, *kept):
-                self.hub.reply(user, P.history_line(group.name, at, sender, text))
-            self.hub.reply(user, P.end_of_history(group.name))
+        self.hub.commits.settled(HistoryRead(query.user, group, [*older, *query.kept]))
         self.on_reply()
 
     def _read_older(self, name: str, key: str, before: int, count: int) -> list:
@@ -334,7 +352,7 @@ class StoreWriter:
                 return  # committed just now: `finish` is on its way
             log.error("group %s not created: the store did not answer within %.0f s",
                       group.name, CREATE_TIMEOUT_S)
-            self.hub.group_not_committed(group, creator)
+            self.hub.commits.settled(StorageFailed(group, creator))
             self._decided(group, done)
 
         def finish(job) -> None:
@@ -342,20 +360,20 @@ class StoreWriter:
             if fate.state == "abandoned":
                 return  # answered by `give_up`; the thread undid a late commit
             err = job.exception
+            settled = self.hub.commits.settled
             if job.successful():
                 self.stats.creates += 1
-                self.hub.group_committed(group, creator)
+                settled(Committed(group, creator))
             elif isinstance(err, GroupTaken):  # another node of the cluster was first
                 record = err.args[0]
-                self.hub.remote_group(record.name, record.created_by, record.created_at)
-                self.hub.group_not_committed(
-                    group, creator, P.group_exists(record.name))
+                settled(Taken(group, creator, record.name, record.created_by,
+                              record.created_at))
             elif isinstance(err, ClusterUnavailable):
                 log.warning("group %s not created: %s", group.name, err)
-                self.hub.group_not_committed(group, creator, P.CLUSTER_UNAVAILABLE)
+                settled(Unavailable(group, creator))
             else:
                 log.error("group %s not created: the store failed: %s", group.name, err)
-                self.hub.group_not_committed(group, creator)
+                settled(StorageFailed(group, creator))
             self._decided(group, done)
 
         timer.start(give_up)

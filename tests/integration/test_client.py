@@ -76,7 +76,7 @@ def test_script_without_exit_drains_replies_and_hides_its_own_ping(server):
     result = run_script(server, "alice\nping\nhelp\ngroups")
     assert result.stdout.decode().splitlines()[3:] == [
         "ok: pong",
-        "ok: commands: create join leave groups users public private exit history help ping",
+        "ok: commands: create join leave groups users public private exit history help ping register password token",
         "groups: General",
     ]
     assert (result.returncode, result.stderr) == (0, b"")
@@ -86,7 +86,7 @@ def test_script_lines_at_the_prompt_are_usernames(server, login):
     # `exit` and `ping` at the username prompt are names, not commands: the drain
     # must neither wait for a bye nor swallow a pong that never comes.
     login(server, "exit")
-    result = run_script(server, "bad name!\nexit\nping\nusers\n")
+    result = run_script(server, "bad!name\nexit\nping\nusers\n")
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "enter a username:"
     assert lines[1].startswith("error: invalid username: ")
@@ -231,6 +231,15 @@ def test_tls_client_against_plain_server_fails_cleanly(server):
 ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][0-9A-Za-z]|[=>78])")
 
 
+def _controlling_terminal() -> None:
+    """In the child: a session of its own whose controlling terminal is the pty, as
+    in a real terminal, so a Ctrl-C the line discipline turns into SIGINT (while
+    prompt_toolkit has the terminal in cooked mode, e.g. printing a line above the
+    prompt) reaches the client. With the pty only inherited as fds, it went nowhere."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Terminal:
     """The client on a pseudo-terminal; `expect` waits for text on the screen stream."""
 
@@ -240,7 +249,7 @@ class Terminal:
         base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
         env = {**base, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
-                                     env=env, start_new_session=True)
+                                     env=env, preexec_fn=_controlling_terminal)
         os.close(slave)
         self.raw = bytearray()
         self.seen = 0  # `expect` consumes the stream up to each match

@@ -10,9 +10,17 @@ import signal
 import time
 
 from chatsrv_admin.cli import app
+from conftest import wait_for
 from typer.testing import CliRunner
 
 API = "/api/v1"
+
+
+def written(server) -> float:
+    """History messages the store committed (`chatsrv_store_messages_written_total`)."""
+    match = re.search(r"^chatsrv_store_messages_written_total (\S+)$", server.api.metrics(),
+                      re.M)
+    return float(match.group(1)) if match else 0.0
 DELETED = "* group {} was deleted by an administrator"
 
 
@@ -130,7 +138,7 @@ def test_delete_after_kill_9_stays_deleted(make_http_server, login):
     assert alice.request("join ops") == "ok: joined group ops"
     alice.send("public ops kept?")
     alice.sync()
-    time.sleep(0.2)  # the history flush (--flush-ms 50)
+    wait_for(lambda: written(server) >= 1, "the history flush (--flush-ms 50)")
     assert server.api.call("DELETE", API + "/groups/ops")[0] == 204
     server.stop(signal.SIGKILL)
     again = make_http_server(rate_limit=0, admin_token="secret-token")

@@ -193,7 +193,7 @@ def test_seed_client_invalid_name_then_valid(make_server):
     server = make_server(rate_limit=0)
     seed = SeedClient(server)
     seed.wait_for("enter a username:")
-    seed.type("no spaces allowed")
+    seed.type("no!such!name")
     lines = seed.wait_for("enter a username:")
     assert lines[0].startswith("error: invalid username:")
     seed.type("carol")

@@ -1,4 +1,11 @@
-"""PROTOCOL.md v1, row by row, over real TCP against a real `chatsrv serve` process.
+"""PROTOCOL.md v1 over real TCP against a real `chatsrv serve` process: the socket tier.
+
+What only a transport can show lives here: framing (LF, CRLF, the line limit,
+invalid UTF-8, small writes), the prompt and login phase, UTF-8 names and
+texts on the wire, session end (exit, EOF, reset, shutdown), ordering and the
+rate limit, and that the options reach the hub. The command cases that need no
+transport (every command, the error table, history counts, notices) are unit
+tests on the core: tests/unit/test_commands.py.
 
 Each test names one rule of the contract and fails when that rule breaks. Tests that
 need a fresh server start one (about 0.15 s); "nothing else arrived" is checked with
@@ -17,13 +24,12 @@ import unicodedata
 from datetime import datetime, timezone
 
 import pytest
-from conftest import start_server
+from conftest import start_server, wait_for
 
 PROMPT = "enter a username:"
 PONG = "ok: pong"
-HELP = "ok: commands: create join leave groups users public private exit history help ping"
+HELP = "ok: commands: create join leave groups users public private exit history help ping register password token"
 INVALID_NAME = "error: invalid username: "
-INVALID_GROUP = "error: invalid group name: "
 TOO_LONG = "error: line too long (max 4096 bytes)"
 BAD_UTF8 = "error: invalid UTF-8"
 CONTROL = "error: control characters are not allowed"
@@ -228,8 +234,7 @@ def test_invalid_utf8_is_rejected_and_the_connection_stays_open(two):
 @pytest.mark.parametrize("blank", [b"\n", b"   \n", b"\t\n", b" \t \t\n", b"\r\n", b" \r\n"])
 def test_blank_line_after_login_gets_no_reply(solo, blank):
     alice = solo
-    alice.send(blank)
-    alice.no_line(0.2)
+    alice.send(blank)  # the pong below is the next line: no reply came before it
     alice.send(blank * 3 + b"ping\n")
     alice.expect(PONG)
 
@@ -271,20 +276,13 @@ def test_every_server_line_is_one_of_the_documented_kinds(server, connect):
 # --------------------------------------------------------------------- names
 
 
+# UTF-8 names on the wire, as user and group (every naming rule: tests/unit).
 @pytest.mark.parametrize(
     "name",
     [
         "سَارا\u200cجان",  # Persian: vowel mark (fatha) and zero-width non-joiner
-        "Алёна",  # Cyrillic
-        "देवनागरी",  # Devanagari, with combining vowel signs
         "张伟",  # CJK
-        "7up",  # a decimal digit first
-        "a_b.c-d",  # the allowed punctuation
-        "x" * 32,  # the longest name
         "\U0001d49c" * 32,  # 32 code points outside the BMP (64 UTF-16 units, 128 bytes)
-        "\u0661\u0662\u0663",  # Arabic-Indic digits (Nd) first
-        "x\u200c",  # ZWNJ at the end
-        "\u212bngstr\u00f6m",  # Angstrom sign: NFC turns it into U+00C5
         "e\u0301" * 32,  # 64 code points, but 32 after NFC: the rule applies after NFC
     ],
 )
@@ -295,9 +293,9 @@ def test_valid_unicode_name_as_user_and_group(shared, connect, name):
     assert user.request(f"join {name}") == f"ok: joined group {nfc(name)}"
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 33, "_alice", "al ice", "bob!", "-x",
-                                  "\u200cx", "\u0301x", "a\u00a0b", "a@b", "\u00b2x",
-                                  "\u216b", "x\u200d", "\U0001f600", "a\u3000b"])
+# The prompt again after a refusal (every invalid name: tests/unit/test_commands.py;
+# "al ice" is the one-line `name password` form since v2: test_accounts_login.py).
+@pytest.mark.parametrize("name", ["", "x" * 33, "bob!", "\u0301x", "\U0001f600"])
 def test_invalid_username_is_refused_then_prompt_again(shared, connect, name):
     client = connect(shared)
     client.expect(PROMPT)
@@ -306,70 +304,12 @@ def test_invalid_username_is_refused_then_prompt_again(shared, connect, name):
     client.expect(PROMPT)
 
 
-@pytest.mark.parametrize("name", ["x" * 33, "_dev", "dev!", "-dev", "\u200cdev", "d/v"])
-def test_invalid_group_name_is_refused(solo, name):
-    assert solo.request(f"create {name}").startswith(INVALID_GROUP)
-    assert solo.request(f"join {name}") == f"error: no such group: {name}"
-
-
-def test_decomposed_username_is_displayed_in_nfc(server, connect):
-    emile = sign_in(connect, server, "E\u0301mile")
-    assert emile.name == "\u00c9mile"
-    assert emile.request("users") == "users: \u00c9mile"
-    assert emile.request("private \u00e9mile hi") == "[private from \u00c9mile] hi"
-
-
-def test_usernames_are_case_insensitive(shared, login, connect):
-    login(shared, "Casey")
-    client = connect(shared)
-    client.expect(PROMPT)
-    client.send("casey")
-    client.expect("error: username taken: casey", PROMPT)
-    client.send("CASEY")
-    client.expect("error: username taken: CASEY", PROMPT)
-
-
 def test_username_taken_shows_the_name_as_typed_in_nfc(shared, login, connect):
     login(shared, "\u00e9lodie")
     client = connect(shared)
     client.expect(PROMPT)
     client.send("E\u0301LODIE")
     client.expect("error: username taken: \u00c9LODIE", PROMPT)
-
-
-def test_usernames_compare_by_casefold(shared, login, connect):
-    login(shared, "Straße")
-    client = connect(shared)
-    client.expect(PROMPT)
-    client.send("STRASSE")
-    client.expect("error: username taken: STRASSE", PROMPT)
-
-
-def test_group_names_are_case_insensitive_and_shown_as_created(solo):
-    assert solo.request("create Kanban") == "ok: created group Kanban"
-    assert solo.request("create kanban") == "error: group already exists: Kanban"
-    assert solo.request("join KANBAN") == "ok: joined group Kanban"
-    assert solo.request("join kAnBaN") == "error: already a member of Kanban"
-    assert solo.request("history KANBAN") == "ok: end of history Kanban"
-    assert solo.request("leave kanban") == "ok: left group Kanban"
-
-
-def test_name_arguments_are_nfc_normalised(solo):
-    alice = solo
-    assert alice.request("create Caf\u00e9") == "ok: created group Caf\u00e9"
-    assert alice.request("join Cafe\u0301") == "ok: joined group Caf\u00e9"
-    assert alice.request("create CAFE\u0301") == "error: group already exists: Caf\u00e9"
-    assert alice.request("create Nai\u0308ve") == "ok: created group Na\u00efve"
-    assert alice.request("join na\u00efve") == "ok: joined group Na\u00efve"
-
-
-def test_deliveries_show_names_as_first_written(server, login):
-    alice = login(server, "Alice")
-    bob = login(server, "bob")
-    alice.expect("* bob joined the group General")
-    group_with("Dev", alice, bob)
-    bob.send("public dEV hello\nprivate ALICE psst")
-    alice.expect("[public group Dev from bob] hello", "[private from bob] psst")
 
 
 # --------------------------------------------------------------------- login
@@ -497,104 +437,7 @@ def test_notice_limit_suppresses_join_notices_in_larger_groups(make_server, logi
     quiet(a, b, c, d)
 
 
-def test_notice_limit_counts_the_leaver(make_server, login):
-    server = make_server(rate_limit=0, notice_limit=3)
-    users = [login(server, name) for name in "abcd"]
-    for user in users:
-        user.sync()
-    a, b, c, d = users
-    assert d.request("leave General") == "ok: left group General"  # 4 counting d
-    quiet(a, b, c)
-    assert c.request("leave General") == "ok: left group General"  # 3 counting c
-    a.expect("* c left the group General")
-    b.expect("* c left the group General")
-    quiet(a, b, c, d)
-
-
-def test_notice_limit_applies_to_join_command_too(make_server, login):
-    server = make_server(rate_limit=0, notice_limit=2)
-    a = login(server, "a")
-    b = login(server, "b")
-    a.expect("* b joined the group General")
-    c = login(server, "c")
-    assert a.request("create Dev") == "ok: created group Dev"
-    assert a.request("join Dev") == "ok: joined group Dev"
-    assert b.request("join Dev") == "ok: joined group Dev"
-    a.expect("* b joined the group Dev")
-    assert c.request("join Dev") == "ok: joined group Dev"  # 3 > 2
-    quiet(a, b, c)
-
-
-def test_notice_limit_zero_always_sends(make_server, login):
-    server = make_server(rate_limit=0, notice_limit=0)
-    users = [login(server, name) for name in "abcd"]
-    for user in users:
-        user.sync()
-    e = login(server, "e")
-    for user in users:
-        user.expect("* e joined the group General")
-    e.send("exit")
-    e.expect("ok: bye")
-    for user in users:
-        user.expect("* e left the group General")
-
-
 # --------------------------------------------------------------------- commands
-
-
-def test_create_replies_and_does_not_join_the_creator(two):
-    alice, bob = two
-    assert alice.request("create Dev") == "ok: created group Dev"
-    assert alice.request("public Dev hi") == "error: not a member of Dev"
-    assert alice.request("leave Dev") == "error: not a member of Dev"
-    assert alice.request("create Dev") == "error: group already exists: Dev"
-    quiet(bob)
-
-
-def test_join_notifies_the_other_members_only(server, login):
-    alice = login(server, "alice")
-    bob = login(server, "bob")
-    carol = login(server, "carol")
-    alice.sync()
-    bob.sync()
-    assert alice.request("create Dev") == "ok: created group Dev"
-    assert alice.request("join Dev") == "ok: joined group Dev"
-    assert bob.request("join Dev") == "ok: joined group Dev"
-    alice.expect("* bob joined the group Dev")
-    quiet(alice, bob, carol)
-
-
-def test_leave_notifies_the_remaining_members(server, login):
-    alice = login(server, "alice")
-    bob = login(server, "bob")
-    carol = login(server, "carol")
-    alice.sync()
-    bob.sync()
-    group_with("Dev", alice, bob)
-    assert bob.request("leave Dev") == "ok: left group Dev"
-    alice.expect("* bob left the group Dev")
-    quiet(alice, bob, carol)
-    assert bob.request("leave Dev") == "error: not a member of Dev"
-
-
-def test_leaving_general_is_allowed(two, server, login):
-    alice, bob = two
-    assert alice.request("leave General") == "ok: left group General"
-    bob.expect("* alice left the group General")
-    assert alice.request("public General hi") == "error: not a member of General"
-    assert "General" in alice.request("groups")
-    login(server, "carol")  # alice is no longer told about General logins
-    bob.expect("* carol joined the group General")
-    quiet(alice)
-    assert alice.request("join General") == "ok: joined group General"
-    bob.expect("* alice joined the group General")
-
-
-def test_groups_lists_every_group_sorted_case_insensitively(server, login):
-    alice = login(server, "alice")
-    for name in ("beta", "Alpha", "gamma", "Delta"):
-        alice.request(f"create {name}")
-    assert alice.request("groups") == "groups: Alpha beta Delta gamma General"
 
 
 def test_users_lists_every_user_sorted_case_insensitively(server, login, connect):
@@ -618,14 +461,6 @@ def test_public_reaches_every_member_but_the_sender(server, login):
     quiet(alice, bob, carol, dave)
 
 
-def test_public_message_text_is_kept_verbatim(two):
-    alice, bob = two
-    alice.send("public General  \t two  inner\tspaces and trailing \t ")
-    bob.expect("[public group General from alice] two  inner\tspaces and trailing \t ")
-    alice.send("public\tGeneral\t\tx:  [y] * z\\n ")
-    bob.expect("[public group General from alice] x:  [y] * z\\n ")
-
-
 def test_private_reaches_only_the_target(server, login):
     alice = login(server, "alice")
     bob = login(server, "bob")
@@ -635,12 +470,6 @@ def test_private_reaches_only_the_target(server, login):
     alice.send("private bob  secret  text ")
     bob.expect("[private from alice] secret  text ")
     quiet(alice, bob, carol)
-
-
-def test_private_to_self(server, login):
-    alice = login(server, "alice")
-    assert alice.request("private alice note to self") == "[private from alice] note to self"
-    assert alice.request("private ALICE again") == "[private from alice] again"
 
 
 def test_exit_says_bye_closes_and_notifies_every_group(server, login):
@@ -685,40 +514,6 @@ def test_ping(server, login):
     assert login(server, "alice").request("ping") == PONG
 
 
-def test_command_words_are_case_insensitive(server, login):
-    alice = login(server, "alice")
-    assert alice.request("USERS") == "users: alice"
-    assert alice.request("Groups") == "groups: General"
-    assert alice.request("PiNg") == PONG
-    assert alice.request("HELP") == HELP
-    assert alice.request("CREATE Dev") == "ok: created group Dev"
-    assert alice.request("JOIN Dev") == "ok: joined group Dev"
-    assert alice.request("PRIVATE alice x") == "[private from alice] x"
-    assert alice.request("History Dev") == "ok: end of history Dev"
-    assert alice.request("LEAVE Dev") == "ok: left group Dev"
-    alice.send("EXIT")
-    alice.expect("ok: bye")
-
-
-def test_only_space_and_tab_separate_arguments(solo):
-    assert solo.request("ping\u00a0") == "error: unknown command: ping\u00a0"
-    assert solo.request("join\u3000General") == "error: unknown command: join\u3000General"
-    assert solo.request("create a\u00a0b").startswith(INVALID_GROUP)
-    assert solo.request("history General\u00a05") == "error: no such group: General\u00a05"
-
-
-def test_extra_spaces_and_tabs_around_arguments(two):
-    alice, bob = two
-    assert alice.request("  \tcreate \t Dev \t ") == "ok: created group Dev"
-    assert alice.request("\tjoin\t\tDev  ") == "ok: joined group Dev"
-    assert alice.request(" groups\t") == "groups: Dev General"
-    assert alice.request("\t users  ") == "users: alice bob"
-    assert alice.request("  ping \t") == PONG
-    alice.send(" \t public \t General \t hi")
-    bob.expect("[public group General from alice] hi")
-    assert alice.request("history \t Dev \t 5 \t") == "ok: end of history Dev"
-
-
 # --------------------------------------------------------------------- history
 
 
@@ -758,52 +553,6 @@ def test_history_line_format_and_utc_time(two):
     bob.expect("ok: end of history General")
 
 
-def test_history_default_is_the_last_20_oldest_first(server, login):
-    alice = login(server, "alice")
-    alice.send(publics("General", (f"m{i}" for i in range(1, 26))))
-    assert history(alice, "General") == [f"m{i}" for i in range(6, 26)]
-
-
-def test_history_explicit_count(server, login):
-    alice = login(server, "alice")
-    alice.send(publics("General", (f"m{i}" for i in range(1, 11))))
-    assert history(alice, "General", "3") == ["m8", "m9", "m10"]
-    assert history(alice, "General", "05") == ["m6", "m7", "m8", "m9", "m10"]
-    assert history(alice, "General", "200") == [f"m{i}" for i in range(1, 11)]
-
-
-def test_history_count_at_most_200(server, login):
-    alice = login(server, "alice")
-    alice.send(publics("General", (f"m{i}" for i in range(1, 211))))
-    assert history(alice, "General", "200") == [f"m{i}" for i in range(11, 211)]
-    assert alice.request("history General 201") == "error: invalid count: 201"
-
-
-def test_history_of_an_empty_group(server, login):
-    alice = login(server, "alice")
-    alice.request("create Dev")
-    alice.request("join Dev")
-    assert alice.request("history dev") == "ok: end of history Dev"
-
-
-def test_history_holds_only_public_messages_of_that_group(server, login):
-    alice = login(server, "alice")
-    bob = login(server, "bob")
-    alice.sync()
-    group_with("Dev", alice, bob)
-    assert alice.request("create Ops") == "ok: created group Ops"
-    assert alice.request("join Ops") == "ok: joined group Ops"
-    bob.send("public Dev one\nprivate alice secret\npublic General elsewhere")
-    alice.expect("[public group Dev from bob] one", "[private from bob] secret",
-                 "[public group General from bob] elsewhere")
-    assert replies(alice, "public Ops other", "public Dev bad\x01", "public Dev two") == [CONTROL]
-    bob.expect("[public group Dev from alice] two")
-    assert bob.request("leave Dev") == "ok: left group Dev"
-    alice.expect("* bob left the group Dev")
-    assert history(alice, "Dev") == ["one", "two"]
-    assert history(alice, "Ops") == ["other"]
-
-
 def test_history_disabled(make_server, login):
     server = make_server(rate_limit=0, history=0)
     alice = login(server, "alice")
@@ -823,77 +572,6 @@ def test_history_ring_is_bounded_by_the_history_option(make_server, login):
 # --------------------------------------------------------------------- errors
 
 
-def test_unknown_command_word_as_typed(solo):
-    alice = solo
-    assert alice.request("FooBar") == "error: unknown command: FooBar"
-    assert alice.request("  \tFooBar baz qux") == "error: unknown command: FooBar"
-    assert alice.request("p\u00efng") == "error: unknown command: p\u00efng"
-    assert alice.request("/join Dev") == "error: unknown command: /join"
-
-
-@pytest.mark.parametrize(
-    "line, synopsis",
-    [
-        ("create", "create <group>"),
-        ("create a b", "create <group>"),
-        ("join", "join <group>"),
-        ("join General extra", "join <group>"),
-        ("leave", "leave <group>"),
-        ("leave General extra", "leave <group>"),
-        ("groups all", "groups"),
-        ("users all", "users"),
-        ("public", "public <group> <message>"),
-        ("public General", "public <group> <message>"),
-        ("public General    ", "public <group> <message>"),
-        ("public General \t ", "public <group> <message>"),
-        ("private", "private <user> <message>"),
-        ("private alice", "private <user> <message>"),
-        ("private alice   ", "private <user> <message>"),
-        ("exit now", "exit"),
-        ("history", "history <group> [count]"),
-        ("history General 5 6", "history <group> [count]"),
-        ("help me", "help"),
-        ("ping pong", "ping"),
-        ("PING pong", "ping"),
-    ],
-)
-def test_wrong_argument_count_gets_usage(solo, line, synopsis):
-    alice = solo
-    assert alice.request(line) == f"error: usage: {synopsis}"
-    quiet(alice)
-
-
-def test_usage_error_comes_before_the_other_errors(solo):
-    alice = solo
-    assert alice.request("join nosuch extra") == "error: usage: join <group>"
-    assert alice.request("public nosuch") == "error: usage: public <group> <message>"
-    assert alice.request("private nobody") == "error: usage: private <user> <message>"
-    assert alice.request("history nosuch 1 2") == "error: usage: history <group> [count]"
-    assert alice.request("create _bad extra") == "error: usage: create <group>"
-
-
-def test_exit_with_an_argument_does_not_exit(solo):
-    alice = solo
-    assert alice.request("exit now") == "error: usage: exit"
-    quiet(alice)
-
-
-def test_no_such_group(solo):
-    alice = solo
-    assert alice.request("join NoSuch") == "error: no such group: NoSuch"
-    assert alice.request("leave NoSuch") == "error: no such group: NoSuch"
-    assert alice.request("public NoSuch hi") == "error: no such group: NoSuch"
-    assert alice.request("history NoSuch") == "error: no such group: NoSuch"
-
-
-def test_not_a_member(solo):
-    alice = solo
-    assert alice.request("create Outside") == "ok: created group Outside"
-    assert alice.request("leave outside") == "error: not a member of Outside"
-    assert alice.request("public OUTSIDE hi") == "error: not a member of Outside"
-    assert alice.request("history oUTSIDE") == "error: not a member of Outside"
-
-
 def test_no_such_user(solo, shared, connect):
     waiting = connect(shared)
     waiting.expect(PROMPT)
@@ -901,8 +579,9 @@ def test_no_such_user(solo, shared, connect):
     assert solo.request("private nobody hi") == "error: no such user: nobody"
 
 
-CONTROLS = ["\x00", "\x01", "\x07", "\x1b", "\x1f", "\r", "\x0b", "\x0c", "\x7f", "\x80",
-            "\x85", "\x9f"]
+# On the wire: a CR inside a line (framing only drops the one before LF), and C1
+# controls, which UTF-8 sends as two bytes (the full table: tests/unit/test_commands.py).
+CONTROLS = ["\x00", "\r", "\x7f", "\x85", "\x9f"]
 
 
 @pytest.mark.parametrize("char", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
@@ -911,62 +590,6 @@ def test_control_characters_are_refused_in_public(pair, char):
     assert alice.request(f"public {group} a{char}b") == CONTROL
     assert alice.request(f"public {group} {char}x") == CONTROL
     quiet(bob)
-
-
-@pytest.mark.parametrize("char", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
-def test_control_characters_are_refused_in_private(pair, char):
-    alice, bob, _ = pair
-    assert alice.request(f"private {bob.name} a{char}b") == CONTROL
-    assert alice.request(f"private {alice.name} {char}x") == CONTROL
-    quiet(bob)
-
-
-def test_tab_and_other_non_control_characters_are_allowed_in_messages(pair):
-    alice, bob, group = pair
-    text = "tab\there \u00a0nbsp \u200b zwsp \u2028 ls emoji \U0001f600 \u00a0"
-    alice.send(f"public {group} {text}\nprivate {bob.name} {text}")
-    bob.expect(f"[public group {group} from {alice.name}] {text}",
-               f"[private from {alice.name}] {text}")
-
-
-def test_errors_in_table_order_public(solo):
-    alice = solo
-    assert alice.request("create Aside") == "ok: created group Aside"
-    assert alice.request("public nosuch msg\x01") == "error: no such group: nosuch"
-    assert alice.request("public Aside \x01") == "error: not a member of Aside"
-
-
-def test_errors_in_table_order_private(solo):
-    alice = solo
-    assert alice.request("private nobody \x01") == "error: no such user: nobody"
-
-
-def test_errors_in_table_order_history(solo):
-    alice = solo
-    assert alice.request("create Beside") == "ok: created group Beside"
-    assert alice.request("history nosuch abc") == "error: no such group: nosuch"
-    assert alice.request("history Beside abc") == "error: not a member of Beside"
-    assert alice.request("history Beside 0") == "error: not a member of Beside"
-
-
-def test_errors_in_table_order_join_and_create(solo):
-    alice = solo
-    assert alice.request("create General") == "error: group already exists: General"
-    assert alice.request("join general") == "error: already a member of General"
-
-
-@pytest.mark.parametrize("count", ["0", "201", "+5", "-1", "\u0665", "\uff15", "abc", "5x",
-                                   "1e2", "00", "99999999999999999999999"])
-def test_history_invalid_count(solo, count):
-    alice = solo
-    assert alice.request(f"history General {count}") == f"error: invalid count: {count}"
-
-
-def test_history_count_with_leading_zeros(server, login):
-    alice = login(server, "alice")
-    alice.send(publics("General", ["a", "b", "c"]))
-    assert history(alice, "General", "0002") == ["b", "c"]
-    assert history(alice, "General", "00200") == ["a", "b", "c"]
 
 
 # --------------------------------------------------------------------- session end
@@ -1017,7 +640,9 @@ def test_disconnect_at_the_prompt_sends_no_notice(server, login, connect):
     client.expect(PROMPT)
     client.send(b"bob")  # no LF: never logged in
     client.close()
-    time.sleep(0.1)
+    # Barrier: the server has ended that session (logged) before alice's ping, so
+    # a notice it sent would arrive before her pong.
+    wait_for(lambda: "disconnect id=2 " in server.log(), "the prompt session's end")
     quiet(alice)
     login(server, "bob")
 

@@ -10,7 +10,7 @@ import socket
 import ssl
 import time
 
-from conftest import Client
+from conftest import Client, wait_for
 
 
 def test_thousand_concurrent_logins(server, connect):
@@ -179,7 +179,7 @@ def test_server_logs_connect_login_disconnect(server, login):
     alice.send("exit")
     alice.expect("ok: bye")
     assert alice.closed()
-    time.sleep(0.1)
+    wait_for(lambda: "disconnect id=1 " in server.log(), "the disconnect's log line")
     log = server.log()
     assert "connect id=1 peer=127.0.0.1:" in log
     assert "login id=1 user=alice" in log

@@ -1,4 +1,4 @@
-"""Per-address limits (chatsrv/limits.py) with a fake clock: no sockets, no sleeping."""
+"""Per-address limits (chatsrv/core/limits.py) with a fake clock: no sockets, no sleeping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatsrv.config import Config, ConfigError
-from chatsrv.limits import LOG_EVERY_S, PER_IP, RATE, AddressLimits, parse_networks
+from chatsrv.core.limits import LOG_EVERY_S, PER_IP, RATE, AddressLimits, parse_networks
 
 
 class Clock:

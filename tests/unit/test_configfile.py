@@ -22,9 +22,9 @@ from chatsrv.configfile import (
     resolve,
     show,
 )
-from chatsrv.createrate import CreateRate
-from chatsrv.limits import AddressLimits, parse_networks
-from chatsrv.ratelimit import RateLimiter
+from chatsrv.core.createrate import CreateRate
+from chatsrv.core.limits import AddressLimits, parse_networks
+from chatsrv.core.ratelimit import RateLimiter
 from chatsrv.reload import LIVE, RESTART, reload_plan, retune
 
 ROOT = Path(__file__).resolve().parents[2]

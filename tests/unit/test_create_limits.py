@@ -7,9 +7,10 @@ from hubkit import FakeClock as Clock
 from hubkit import lines
 
 from chatsrv.core import events
-from chatsrv.createrate import CreateRate
-from chatsrv.hub import Hub, User
-from chatsrv.limits import address_key
+from chatsrv.core.createrate import CreateRate
+from chatsrv.core.hub import Hub
+from chatsrv.core.limits import address_key
+from chatsrv.core.model import User
 
 # ---------------------------------------------------------------- the bucket
 
@@ -82,12 +83,12 @@ def test_max_groups_counts_general_and_reserved():
     hub = make_hub(max_groups=3, durable=True)
     alice = login(hub, "alice")
     hub.handle(alice, "create a")
-    hub.uncommitted.clear()  # still awaiting its commit: reserved, and it counts
+    hub.commits.uncommitted.clear()  # still awaiting its commit: reserved, and it counts
     hub.handle(alice, "create b")
     assert lines(alice) == []
     hub.handle(alice, "create c")
     assert lines(alice) == ["error: too many groups (max 3)"]
-    hub.group_committed(hub.reserved["a"], alice)
+    hub.group_committed(hub.commits.reserved["a"], alice)
     assert lines(alice) == ["ok: created group a"]
     hub.handle(alice, "create c")
     assert lines(alice) == ["error: too many groups (max 3)"]
@@ -151,14 +152,14 @@ def test_a_create_the_store_refuses_gives_its_token_back():
     hub = make_hub(per_minute=1, durable=True)  # burst 2
     alice = login(hub, "alice")
     hub.handle(alice, "create a")
-    (creator, group), = hub.uncommitted
-    hub.uncommitted.clear()
-    hub.group_not_committed(group, creator)
+    (creator, group), = hub.commits.uncommitted
+    hub.commits.uncommitted.clear()
+    hub.commits.not_committed(group, creator)
     assert lines(alice) == ["error: group not created, storage failed: a"]
     for name in ("a", "b"):
         hub.handle(alice, f"create {name}")
-        (creator, group), = hub.uncommitted
-        hub.uncommitted.clear()
+        (creator, group), = hub.commits.uncommitted
+        hub.commits.uncommitted.clear()
         hub.group_committed(group, creator)
     assert lines(alice) == ["ok: created group a", "ok: created group b"]
 
@@ -195,8 +196,8 @@ def test_groups_cache_sees_commits_and_put_backs():
     alice = login(hub, "alice")
     hub.handle(alice, "groups")
     hub.handle(alice, "create dev")
-    (creator, group), = hub.uncommitted
-    hub.uncommitted.clear()
+    (creator, group), = hub.commits.uncommitted
+    hub.commits.uncommitted.clear()
     hub.handle(alice, "groups")  # not visible before its commit
     hub.group_committed(group, creator)
     hub.handle(alice, "groups")

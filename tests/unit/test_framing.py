@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatsrv import protocol as P
 from chatsrv.core import framing
+from chatsrv.core import protocol as P
 from chatsrv.core.framing import FramingError
 
 MAX = 16

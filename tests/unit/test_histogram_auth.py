@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from chatsrv.auth import bearer_ok, is_loopback, load_or_create_token
-from chatsrv.histogram import Histogram
+from chatsrv.core.histogram import Histogram
 
 
 def test_histogram_le_semantics_and_cumulative_counts():

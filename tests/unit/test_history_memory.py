@@ -11,7 +11,9 @@ import gevent
 import pytest
 from test_store import FakeClock, lines
 
-from chatsrv.hub import ENTRY_OVERHEAD, Hub, entry_size
+from chatsrv.core.commits import StoredQuery
+from chatsrv.core.hub import Hub
+from chatsrv.core.model import ENTRY_OVERHEAD, entry_size
 from chatsrv.store import GroupRecord, MemoryStore
 from chatsrv.store import writer as W
 from chatsrv.store.sqlite import SqliteStore
@@ -126,16 +128,17 @@ def test_history_beyond_memory_asks_the_store_only_when_it_has_more():
     hub = make_hub(3, durable=True)
     alice = with_groups(hub)
     hub.handle(alice, "history General 5")
-    assert hub.queries == [] and lines(alice) == ["ok: end of history General"]
+    assert hub.commits.queries == [] and lines(alice) == ["ok: end of history General"]
     for i in range(6):
         hub.handle(alice, f"public General m{i:03d}")
     hub.history_saved(hub.take_unsaved())
     hub.handle(alice, "history General 2")  # memory has them
-    assert hub.queries == [] and len(lines(alice)) == 3
+    assert hub.commits.queries == [] and len(lines(alice)) == 3
     hub.handle(alice, "history General 5")
-    (kind, user, group, (before, count, kept)), = hub.queries
-    assert (kind, user, before, count) == ("stored", alice, 3, 2)
-    assert [t for _, _, t in kept] == ["m003", "m004", "m005"]
+    query, = hub.commits.queries
+    assert isinstance(query, StoredQuery)
+    assert (query.user, query.before, query.count) == (alice, 3, 2)
+    assert [t for _, _, t in query.kept] == ["m003", "m004", "m005"]
 
 
 def test_memory_store_history_is_what_the_budget_keeps():
@@ -144,7 +147,7 @@ def test_memory_store_history_is_what_the_budget_keeps():
     for i in range(6):
         hub.handle(alice, f"public General m{i:03d}")
     hub.handle(alice, "history General 5")
-    assert hub.queries == []
+    assert hub.commits.queries == []
     assert [line.rsplit("] ", 1)[1] for line in lines(alice)[:-1]] == ["m003", "m004", "m005"]
 
 
@@ -257,14 +260,16 @@ def test_create_not_committed_in_time_fails_and_a_late_commit_is_undone(quick):
     writer.settle()
     assert 0.25 < time.monotonic() - started < 2
     assert lines(alice) == ["error: group not created, storage failed: Dev"]
-    assert "dev" not in hub.groups and "dev" not in hub.reserved
+    assert "dev" not in hub.groups and "dev" not in hub.commits.reserved
     assert writer.stalled() > 0
     store.release.set()  # the disk answers: the late commit is undone in the thread
     deadline = time.monotonic() + 5
     while not store.deleted and time.monotonic() < deadline:
         gevent.sleep(0.01)
     assert store.created == ["Dev"] and store.deleted == ["Dev"]
-    gevent.sleep(0.05)
+    # Barrier instead of a sleep: a round trip through the writer thread, whose
+    # result comes back after the late commit's (so its callback has run).
+    writer.pool.apply(lambda: None)
     assert lines(alice) == [] and "dev" not in hub.groups and writer.stalled() == 0
     hub.handle(alice, "create Dev")  # free again, and the store answers now
     writer.settle()

@@ -7,7 +7,8 @@ from hubkit import FakeClock, lines
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsrv.hub import Hub, LoginRefused
+from chatsrv.core.errors import LoginRefused
+from chatsrv.core.hub import Hub
 
 
 @pytest.fixture
@@ -173,7 +174,7 @@ def test_help_ping_blank(hub, alice):
     hub.handle(alice, "help")
     hub.handle(alice, "PING")
     assert lines(alice) == [
-        "ok: commands: create join leave groups users public private exit history help ping",
+        "ok: commands: create join leave groups users public private exit history help ping register password token",
         "ok: pong",
     ]
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import pytest
 
 from chatsrv.core import events
-from chatsrv.hub import Hub, LoginRefused, User
+from chatsrv.core.commits import JoinQuery
+from chatsrv.core.errors import LoginRefused
+from chatsrv.core.hub import Hub
+from chatsrv.core.model import User
 
 
 def lines(user: User) -> list[str]:
@@ -60,7 +63,7 @@ def test_first_local_member_waits_for_the_channel(hub, alice):
     hub.remote_group("dev", "", 1.0)
     hub.handle(alice, "join dev")
     assert lines(alice) == []
-    assert [(k, u.name, g.name) for k, u, g, _ in hub.queries] == [("join", "alice", "dev")]
+    assert hub.commits.queries == [JoinQuery(alice, hub.groups["dev"])]
 
 
 def test_remote_users_are_listed_and_reachable(hub, alice):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from chatsrv import protocol as P  # noqa: E402
+from chatsrv.core import protocol as P  # noqa: E402
 from loadtest.protocol import (  # noqa: E402
     Kind,
     Notice,

@@ -1,4 +1,4 @@
-"""The pure protocol layer: names, parsing, formatting."""
+"""The pure protocol layer: names, parsing (through the command table), formatting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatsrv import protocol as P
-from chatsrv.protocol import Command, ProtocolError, parse_line
+from chatsrv.core import protocol as P
+from chatsrv.core.commands import COMMANDS, HELP, parse
+from chatsrv.core.errors import ProtocolError
+
+
+def Command(word: str, args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:  # noqa: N802
+    return word, args
+
+
+def parse_line(line: str) -> tuple[str, tuple[str, ...]] | None:
+    """The command table's parse, as (word, args)."""
+    parsed = parse(line)
+    return None if parsed is None else (parsed[0].word, parsed[1])
 
 # ---------------------------------------------------------------- names
 
@@ -124,7 +135,7 @@ def test_any_text_parses_or_gives_one_error_line(line):
         assert text.startswith("error: ")
         assert "\n" not in text or "\n" in line
     else:
-        assert command is None or command.word in P.SPECS
+        assert command is None or command[0] in COMMANDS
 
 
 @given(st.binary(max_size=300))
@@ -148,8 +159,9 @@ def test_line_formats():
         "[history group Dev at 1970-01-01T00:00:00Z from bob] hi"
     )
     assert P.listing("users", ["bob", "Alice", "carol"]) == "users: Alice bob carol"
-    assert P.HELP == (
-        "ok: commands: create join leave groups users public private exit history help ping"
+    assert HELP == (
+        b"ok: commands: create join leave groups users public private exit history help ping"
+        b" register password token\n"
     )
     assert P.line_too_long(4096) == b"error: line too long (max 4096 bytes)\n"
 

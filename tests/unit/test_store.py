@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import time
 
 import gevent
 import pytest
 
-from chatsrv.hub import Hub
+from chatsrv.core.accounts import Account
+from chatsrv.core.hub import Hub
 from chatsrv.store import GroupRecord, MemoryStore, StoreError
 from chatsrv.store import sqlite as S
 from chatsrv.store.lock import DirLock
@@ -150,14 +153,62 @@ def test_forward_migration_runs_once(tmp_path, monkeypatch):
     extra = "ALTER TABLE groups ADD COLUMN topic TEXT NOT NULL DEFAULT ''"
     monkeypatch.setattr(S, "MIGRATIONS", (*S.MIGRATIONS, extra))
     store = SqliteStore(tmp_path / "data")
-    assert store.migrated_from == 1
+    current = len(S.MIGRATIONS) - 1
+    assert store.migrated_from == current
     store.create_group(GroupRecord("Dev", "a", 1.0))
     store.close()
-    again = SqliteStore(tmp_path / "data")  # version 2 now: nothing to do
-    assert again.migrated_from == 2
+    again = SqliteStore(tmp_path / "data")  # at the newest version now: nothing to do
+    assert again.migrated_from == current + 1
     columns = [row[1] for row in again.db.execute("PRAGMA table_info(groups)")]
     assert columns[-1] == "topic"
     again.close()
+
+
+def test_version_1_database_gains_accounts_and_keeps_its_data(tmp_path, monkeypatch):
+    """A database written before accounts existed (schema 1) migrates in place."""
+    with monkeypatch.context() as m:
+        m.setattr(S, "MIGRATIONS", S.MIGRATIONS[:1])
+        old = SqliteStore(tmp_path / "data")
+        old.load(10)
+        old.create_group(GroupRecord("Dev", "alice", 5.0))
+        old.append_history([("Dev", entries(3))], keep=10)
+        old.close()
+    store = SqliteStore(tmp_path / "data")
+    assert store.migrated_from == 1
+    groups = {g.record.name: g for g in store.load(10)}
+    assert [e[2] for e in groups["Dev"].history] == ["m0", "m1", "m2"]
+    assert store.load_accounts() == []
+    store.close()
+
+
+def test_accounts_round_trip_and_are_durable(tmp_path, store):
+    alice = Account("Alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA", 10.0)
+    assert store.add_account(alice)
+    assert not store.add_account(Account("ALICE", "$argon2id$other", 11.0))  # same key
+    changed = dataclasses.replace(alice, phc="$argon2id$new", generation=3, suspended=True)
+    store.put_account(changed)
+    store.record_logins([("alice", 42.5)])
+    assert store.add_account(Account("bob", "$argon2id$b", 12.0))
+    assert store.delete_account("bob")
+    assert not store.delete_account("bob")
+    key = store.token_key(b"k" * 32)
+    assert store.token_key(b"other" * 8) == key == b"k" * 32  # kept, not replaced
+    store.close()
+    again = SqliteStore(tmp_path / "data")
+    assert again.load_accounts() == [dataclasses.replace(changed, last_login=42.5)]
+    assert again.token_key(b"x" * 32) == b"k" * 32
+    again.close()
+
+
+def test_backup_carries_accounts(tmp_path, store):
+    store.add_account(Account("alice", "$argon2id$a", 1.0))
+    summary = backup(tmp_path / "data", tmp_path / "b.db")
+    assert summary.accounts == 1 and "1 accounts" in str(summary)
+    store.close()
+    restore(tmp_path / "other", tmp_path / "b.db")
+    moved = SqliteStore(tmp_path / "other")
+    assert [a.name for a in moved.load_accounts()] == ["alice"]
+    moved.close()
 
 
 def test_newer_schema_is_refused(tmp_path):
@@ -174,7 +225,7 @@ def test_backup_inspect_and_restore(tmp_path, store):
     store.create_group(GroupRecord("Dev", "alice", 5.0))
     store.append_history([("Dev", entries(4))], keep=10)
     summary = backup(tmp_path / "data", tmp_path / "b.db")  # while the store is open
-    assert (summary.groups, summary.messages, summary.version) == (2, 4, 1)
+    assert (summary.groups, summary.messages, summary.version) == (2, 4, S.schema_version())
     assert inspect(tmp_path / "b.db") == summary
     assert not (tmp_path / "b.db-wal").exists()  # a self-contained single file
     with pytest.raises(StoreError, match="in use by another process"):
@@ -215,17 +266,17 @@ def test_durable_create_waits_for_the_commit(hub):
     alice = hub.login("alice")
     lines(alice)
     hub.handle(alice, "create Dev")
-    assert lines(alice) == [] and hub.uncommitted == [(alice, hub.reserved["dev"])]
+    assert lines(alice) == [] and hub.commits.uncommitted == [(alice, hub.commits.reserved["dev"])]
     hub.handle(alice, "groups")
     assert lines(alice) == ["groups: General"]  # not visible before the commit
     bob = hub.login("bob")
     lines(alice)
     hub.handle(bob, "create DEV")
     hub.handle(bob, "join Dev")
-    assert lines(bob)[2:] == [] and [line for _, _, line in hub.blocked] == ["create DEV",
+    assert lines(bob)[2:] == [] and [line for _, _, line in hub.commits.blocked] == ["create DEV",
                                                                              "join Dev"]
-    (creator, group), = hub.uncommitted
-    hub.uncommitted.clear()
+    (creator, group), = hub.commits.uncommitted
+    hub.commits.uncommitted.clear()
     hub.group_committed(group, creator)
     assert lines(alice) == ["ok: created group Dev"] and "dev" in hub.groups
 
@@ -233,14 +284,14 @@ def test_durable_create_waits_for_the_commit(hub):
 def test_failed_commit_frees_the_name(hub):
     alice = hub.login("alice")
     hub.handle(alice, "create Dev")
-    (creator, group), = hub.uncommitted
+    (creator, group), = hub.commits.uncommitted
     lines(alice)
-    hub.group_not_committed(group, creator)
+    hub.commits.not_committed(group, creator)
     assert lines(alice) == ["error: group not created, storage failed: Dev"]
-    assert "dev" not in hub.groups and "dev" not in hub.reserved
+    assert "dev" not in hub.groups and "dev" not in hub.commits.reserved
     hub.logout(alice)
     hub.handle(hub.login("bob"), "create Dev")  # free again
-    assert hub.uncommitted[-1][1].name == "Dev"
+    assert hub.commits.uncommitted[-1][1].name == "Dev"
 
 
 def test_journal_takes_the_newest_unsaved_entries_once(hub):
@@ -266,7 +317,7 @@ def test_non_durable_hub_answers_at_once_and_journals_nothing():
     hub.handle(alice, "create Dev")
     hub.handle(alice, "public General x")
     assert lines(alice) == ["ok: created group Dev"]
-    assert hub.uncommitted == [] and hub.journal is None and hub.take_unsaved() == []
+    assert hub.commits.uncommitted == [] and hub.journal is None and hub.take_unsaved() == []
 
 
 def test_restore_group_puts_back_history_within_the_ring(hub):
@@ -313,13 +364,15 @@ def test_writer_commits_creates_and_retries_failed_history():
     writer.settle()
     assert lines(alice) == ["ok: created group Dev",
                             "error: group not created, storage failed: Broken"]
-    assert store.groups == ["Dev"] and "broken" not in hub.reserved
+    assert store.groups == ["Dev"] and "broken" not in hub.commits.reserved
     hub.handle(alice, "public General a")
     writer.flush()  # fails: kept for the next flush
     assert writer.stats.failures == 1 and store.written == []
     hub.handle(alice, "public General b")
     writer.start()
-    gevent.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not store.written and time.monotonic() < deadline:  # the flusher's next turn
+        gevent.sleep(0.01)
     writer.close()
     assert store.written == [("General", ["a", "b"])]
 
@@ -343,7 +396,7 @@ def test_commands_naming_a_group_being_committed_wait_for_it():
 
     def run(user, line):
         hub.handle(user, line)
-        if hub.uncommitted or hub.blocked:
+        if hub.commits.uncommitted or hub.commits.blocked:
             writer.settle()
         order.append((user.name, line))
 

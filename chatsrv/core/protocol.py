@@ -2,13 +2,15 @@
 
 Three jobs live here and nowhere else:
 - names: NFC normalisation, validation and the case-insensitive key;
-- parsing: one decoded line -> a `Command` (or a `ProtocolError` whose text is
-  the exact `error: ...` reply);
+- parsing: a command's arguments against its `Spec` (or a `ProtocolError`
+  whose text is the exact `error: ...` reply); the specs themselves live with
+  their handlers in the command table (`commands.py`), which splits the word
+  off and looks it up;
 - formatting: every line kind the server sends, as the one place a reply's
   wording lives.
 
 Like h11, any input either parses or raises `ProtocolError`; nothing else
-escapes `parse_line` (checked by a hypothesis property test).
+escapes `commands.parse` (checked by a hypothesis property test).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .errors import ProtocolError
 
 NAME_MAX = 32
 HISTORY_DEFAULT = 20
@@ -28,10 +33,6 @@ NAME_PUNCT = frozenset("_.-" + ZWNJ)
 # C0 controls except TAB, DEL and the C1 range. LF never reaches here.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 _SEP_RUN = re.compile("[ \t]+")
-
-
-class ProtocolError(Exception):
-    """A client mistake; `str(err)` is the full reply line without LF."""
 
 
 # ---------------------------------------------------------------- names
@@ -79,28 +80,6 @@ class Spec:
     text: bool = False  # last argument is the verbatim rest of the line
 
 
-SPECS: dict[str, Spec] = {
-    "create": Spec("create <group>", 1, 1),
-    "join": Spec("join <group>", 1, 1),
-    "leave": Spec("leave <group>", 1, 1),
-    "groups": Spec("groups", 0, 0),
-    "users": Spec("users", 0, 0),
-    "public": Spec("public <group> <message>", 2, 2, text=True),
-    "private": Spec("private <user> <message>", 2, 2, text=True),
-    "exit": Spec("exit", 0, 0),
-    "history": Spec("history <group> [count]", 1, 2),
-    "help": Spec("help", 0, 0),
-    "ping": Spec("ping", 0, 0),
-}
-COMMAND_WORDS = tuple(SPECS)
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    word: str  # lower-cased command word, a key of SPECS
-    args: tuple[str, ...]
-
-
 def split_word(text: str) -> tuple[str, str]:
     """Split off the first space/tab separated word; `text` has no leading separator."""
     for i, ch in enumerate(text):
@@ -113,28 +92,27 @@ def is_blank(line: str) -> bool:
     return not line.strip(SEPARATORS)
 
 
-def parse_line(line: str) -> Command | None:
-    """Parse one decoded line (no LF, CR already dropped) after login.
-
-    Returns None for a blank line (ignored, no reply)."""
-    body = line.lstrip(SEPARATORS)
-    if not body.rstrip(SEPARATORS):
-        return None
-    word, rest = split_word(body)
-    key = word.lower()
-    spec = SPECS.get(key)
-    if spec is None:
-        raise ProtocolError(f"error: unknown command: {word}")
+def parse_args(spec: Spec, rest: str) -> tuple[str, ...]:
+    """The arguments of a command (`rest`: the line after its word, without the
+    separators after the word), checked against its spec."""
     if spec.text:
         target, message = split_word(rest)
         if not target or not message:
-            raise ProtocolError(f"error: usage: {spec.synopsis}")
-        return Command(key, (target, message))
+            raise ProtocolError(usage(spec))
+        return (target, message)
     rest = rest.rstrip(SEPARATORS)
     args = tuple(_SEP_RUN.split(rest)) if rest else ()
     if not spec.min_args <= len(args) <= spec.max_args:
-        raise ProtocolError(f"error: usage: {spec.synopsis}")
-    return Command(key, args)
+        raise ProtocolError(usage(spec))
+    return args
+
+
+def unknown_command(word: str) -> str:
+    return f"error: unknown command: {word}"
+
+
+def usage(spec: Spec) -> str:
+    return f"error: usage: {spec.synopsis}"
 
 
 def parse_count(text: str | None) -> int:
@@ -168,11 +146,16 @@ SERVER_BUSY = b"error: server busy, try again later\n"
 LOGIN_TIMEOUT = b"error: login timeout\n"
 SHUTTING_DOWN = b"* server shutting down\n"
 KICKED = b"* disconnected by an administrator\n"
+REPLACED = b"* disconnected: logged in from another connection\n"
 BYE = "ok: bye"
 # Cluster mode (--redis): a command that needs Redis while it is unreachable.
 CLUSTER_UNAVAILABLE = "error: cluster unavailable"
 PONG = "ok: pong"
-HELP = "ok: commands: " + " ".join(COMMAND_WORDS)
+
+
+def help_line(words: Iterable[str]) -> str:
+    """The `help` reply: the command words in the command table's order."""
+    return "ok: commands: " + " ".join(words)
 
 
 def encode(line: str) -> bytes:
