@@ -6,8 +6,12 @@ current conversation (a group after `ok: joined group G` or `/g G`, a user
 after `/msg U`). `translate` turns what the user typed into protocol lines:
 plain text goes to the current conversation (`public G ...` / `private U
 ...`), `/` commands do everything else, `/raw LINE` (or `--raw`) sends a line
-as typed. `kind` says how to color an incoming line. No I/O here: client.py
-does the terminal and the socket, and the unit tests drive this directly.
+as typed. `kind` says how to color an incoming line. Accounts: after
+`password for <name>:` the next line is a password (`password_for`; the client
+reads it without echo), and `keep_in_history` says which typed lines may be
+recalled (none before login, never `register` or `password`, whose arguments
+are passwords). No I/O here: client.py does the terminal and the socket, and
+the unit tests drive this directly.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import re
 from dataclasses import dataclass, field
 
 PROTOCOL_COMMANDS = ("create", "join", "leave", "groups", "users", "public", "private",
-                     "exit", "history", "help", "ping")
+                     "exit", "history", "help", "ping", "register", "password", "token")
+# Commands whose arguments are passwords: never kept in the input history.
+SECRET_COMMANDS = frozenset({"register", "password"})
+PASSWORD_PROMPT = "password for "
 
 # (names, arguments, what it does); the first name is the one /help shows first.
 SLASH_COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
@@ -31,6 +38,9 @@ SLASH_COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("/users",), "", "every user online"),
     (("/history",), "[GROUP] [N]", "the last N messages of GROUP (default: the current one)"),
     (("/ping",), "", "check the server answers"),
+    (("/register",), "PASSWORD", "make your name an account (guests)"),
+    (("/password",), "OLD NEW", "change your account's password"),
+    (("/token",), "", "a token to log in with instead of the password"),
     (("/raw",), "LINE", "send LINE as typed (a protocol command, see `help`)"),
     (("/quit", "/exit"), "", "leave (Ctrl-D and Ctrl-C too)"),
 )
@@ -74,14 +84,22 @@ class ChatState:
     groups: dict[str, str] = field(default_factory=dict)  # casefolded -> as shown
     users: dict[str, str] = field(default_factory=dict)
     mine: dict[str, str] = field(default_factory=dict)  # groups the user is in
+    password_for: str | None = None  # after `password for <name>:`: the next line is one
 
     # ------------------------------------------------------------ server lines
 
     def note(self, line: str) -> str:
         """Learn from a server line; its kind (for its color)."""
+        if not self.name:
+            if line.startswith(PASSWORD_PROMPT) and line.endswith(":"):
+                self.password_for = line[len(PASSWORD_PROMPT):-1]
+                return OTHER
+            if line == "enter a username:":
+                self.password_for = None
         if line.startswith("error: "):
             return ERROR
         if line.startswith("connected! welcome "):
+            self.password_for = None
             self.name = line.rpartition(" ")[2]
             _add(self.users, self.name)
             return OK
@@ -142,6 +160,8 @@ class ChatState:
     # ------------------------------------------------------------ the prompt
 
     def prompt(self) -> str:
+        if self.password_for is not None:
+            return "password: "
         if not self.name:
             return "> "
         if self.current is None:
@@ -151,10 +171,24 @@ class ChatState:
 
     # ------------------------------------------------------------ typed lines
 
+    def keep_in_history(self, text: str) -> bool:
+        """Whether a typed line may be recalled later: not a password (at the
+        password prompt, in the one-line `name password` login, or as the argument
+        of `register` or `password`, also as /register and /raw ...)."""
+        if not self.name or self.password_for is not None:
+            return False
+        words = text.split()
+        if words and words[0].casefold() == "/raw":
+            words = words[1:]
+        return not (words and words[0].casefold().lstrip("/") in SECRET_COMMANDS)
+
     def translate(self, text: str) -> Typed:
         stripped = text.strip(" \t")
         if stripped.casefold() == "exit":
             return Typed(quit=True)
+        if self.password_for is not None:  # the password, sent as typed
+            self.password_for = None
+            return Typed([text])
         if self.raw or not self.name:  # at the username prompt, lines are names
             return Typed([text])
         if text.startswith("//"):
@@ -187,8 +221,16 @@ class ChatState:
             return Typed(quit=True)
         if word == "/raw":
             return Typed([rest]) if rest.strip() else Typed(note="usage: /raw LINE")
-        if word in ("/groups", "/users", "/ping"):
+        if word in ("/groups", "/users", "/ping", "/token"):
             return Typed([word[1:]])
+        if word == "/register":
+            if len(args) != 1:
+                return Typed(note="usage: /register PASSWORD")
+            return Typed([f"register {args[0]}"])
+        if word == "/password":
+            if len(args) != 2:
+                return Typed(note="usage: /password OLD NEW")
+            return Typed([f"password {args[0]} {args[1]}"])
         if word == "/close":
             self.current = None
             return Typed(note="no current conversation")

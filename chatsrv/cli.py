@@ -209,13 +209,19 @@ def connect(
     no_color: bool = typer.Option(
         False, "--no-color", help="No colors (also when the NO_COLOR variable is set)."
     ),
+    token_file: Path | None = typer.Option(  # noqa: UP007
+        None, "--token-file",
+        help="After a password login, ask the server for a token and keep `NAME TOKEN` "
+        "in this file (mode 0600); typing NAME at the username prompt later logs in "
+        "with the token, no password asked.",
+    ),
 ) -> None:
     """Chat from the terminal (/help lists the commands); with stdin not a terminal,
     run it as a script."""
     from .client import run
 
     raise typer.Exit(run(host, port, tls=tls, insecure=insecure, raw=raw,
-                         color=False if no_color else None))
+                         color=False if no_color else None, token_file=token_file))
 
 
 def _resolve(ctx: Any) -> Resolved:

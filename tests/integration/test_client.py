@@ -491,3 +491,109 @@ def test_interactive_raw_mode_sends_lines_as_typed(server, terminal, login):
     term.type("exit\r")
     term.expect("ok: bye")
     assert term.wait() == 0
+
+
+# --- accounts: the password prompt and --token-file -----------------------------------
+
+PASSWORD = "correct-horse"
+
+
+def register(login, server, name: str = "alice") -> None:
+    """`name` becomes an account (password PASSWORD) and logs out."""
+    client = login(server, name)
+    assert client.request(f"register {PASSWORD}") == f"ok: registered {name}"
+    client.send("exit")
+    client.expect("ok: bye")
+
+
+def test_script_passes_the_password_prompt_through(server, login):
+    register(login, server)
+    # The drain counts `password for alice:` as the answer to a login line: ending
+    # right after it is a clean end, and a full login drains as before.
+    result = run_script(server, "alice\n")
+    assert result.stdout.decode().splitlines() == ["enter a username:", "password for alice:"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    result = run_script(server, f"alice\n{PASSWORD}\nping\n")
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "password for alice:", "connected! welcome alice",
+        "you joined the group General", "ok: pong"]
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_script_token_file_saves_and_uses_a_token(server, login, tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    # The script's own `exit` comes right after the password: the client's `token`
+    # still goes first, and its reply is not printed.
+    result = run_script(server, f"alice\n{PASSWORD}\nexit\n", "--token-file", str(token_file))
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "password for alice:", "connected! welcome alice",
+        "you joined the group General", "ok: bye"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    name, token = token_file.read_text().split()
+    assert name == "alice" and PASSWORD not in token
+    # Next time the name alone logs in: `alice <token>`, no password asked.
+    result = run_script(server, "Alice\nusers\n", "--token-file", str(token_file))
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "connected! welcome alice", "you joined the group General",
+        "users: alice"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    # The one-line form is a password login too: a new token replaces the old one.
+    result = run_script(server, f"alice {PASSWORD}\ntoken\n", "--token-file", str(token_file))
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == ["enter a username:", "connected! welcome alice",
+                         "you joined the group General"]
+    assert len(lines) == 4 and lines[3].startswith("ok: token ")  # the script's own
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert token_file.read_text().split()[0] == "alice"
+
+
+def test_script_token_file_refused_token_stops_the_script(server, login, tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    token_file.write_text("alice not-a-real-token\n")
+    result = run_script(server, "alice\nusers\n", "--token-file", str(token_file))
+    # The script's next line is not sent as a username (nor as a password).
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "error: login failed", "enter a username:"]
+    assert result.returncode == 1
+    assert b"was refused" in result.stderr and b"not-a-real-token" not in result.stderr
+
+
+def test_interactive_password_without_echo_token_file_and_no_history(server, terminal, login,
+                                                                    tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    term = terminal("--token-file", str(token_file))
+    term.expect("enter a username:")
+    term.type("alice\r")
+    term.expect("password for alice:")
+    term.expect("password:")  # the prompt (the trailing space is not drawn)
+    term.type(PASSWORD + "\r")
+    term.expect("connected! welcome alice")
+    term.expect(f"token saved to {token_file}")
+    term.type("ping\r")
+    term.expect("ok: pong")
+    # Up arrow as far as history goes: only `ping` is there (nothing typed before
+    # login, so neither the name nor the password); Enter sends it again.
+    term.type("\x1b[A\x1b[A\x1b[A\r")
+    term.expect("ok: pong")
+    term.type("/register x\r")  # never kept either (a guest-only command: refused here)
+    term.expect("error: ")
+    term.type("\x1b[A\x1b[A\r")
+    term.expect("ok: pong")
+    term.type("/quit\r")
+    assert term.wait() == 0
+    assert PASSWORD not in term.text()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().split()[1]
+    assert token not in term.text()  # the client's own `token` reply is not shown
+    # The saved token: the name alone logs in.
+    again = terminal("--token-file", str(token_file))
+    again.expect("enter a username:")
+    again.type("alice\r")
+    again.expect("connected! welcome alice")
+    again.type("/quit\r")
+    assert again.wait() == 0
+    assert "password for" not in again.text()

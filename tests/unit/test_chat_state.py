@@ -113,3 +113,40 @@ def test_colors_and_cleaning():
     assert use_color(None, {"NO_COLOR": ""})  # set but empty: colors (no-color.org)
     assert not use_color(False, {}) and use_color(True, {"NO_COLOR": "1"})
     assert _clean("a\x1b[2Jb\x07c\td") == "a\ufffd[2Jb\ufffdc\td"
+
+
+def test_password_prompt_and_what_history_keeps():
+    chat = ChatState()
+    assert not chat.keep_in_history("alice")  # nothing before login
+    chat.note("enter a username:")
+    chat.note("password for alice:")
+    assert chat.password_for == "alice" and chat.prompt() == "password: "
+    assert not chat.keep_in_history("correct-horse")
+    assert chat.translate("correct-horse").send == ["correct-horse"]  # sent as typed
+    assert chat.password_for is None
+    chat.note("error: login failed")
+    chat.note("enter a username:")
+    chat.note("password for alice:")
+    chat.note("enter a username:")  # a login timeout or refusal: the prompt again
+    assert chat.password_for is None and chat.prompt() == "> "
+    assert not chat.keep_in_history("alice correct-horse")  # the one-line form
+    chat.note("connected! welcome alice")
+    chat.note("password for bob: is what I forgot")  # after login: just a line
+    assert chat.password_for is None
+    assert chat.keep_in_history("ping")
+    for secret in ("register pw-123456", "password old-pass1 new-pass1", "/register pw-123456",
+                   "/password a b", "/raw register pw-123456", "  PASSWORD x y"):
+        assert not chat.keep_in_history(secret), secret
+    assert chat.keep_in_history("token")
+
+
+def test_account_slash_commands():
+    chat = logged_in()
+    assert chat.translate("/register pw-123456").send == ["register pw-123456"]
+    assert chat.translate("/register").note == "usage: /register PASSWORD"
+    assert chat.translate("/password old-pass1 new-pass1").send == [
+        "password old-pass1 new-pass1"]
+    assert chat.translate("/password only-one").note == "usage: /password OLD NEW"
+    assert chat.translate("/token").send == ["token"]
+    assert chat.translate("token").send == ["token"]  # the protocol command as typed
+    assert "/register PASSWORD" in help_text()
