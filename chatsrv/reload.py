@@ -10,7 +10,9 @@ at once; `max_line`, `sendq`; `login_timeout` and `keepalive` for new
 connections), `notice_limit`, `max_groups`, `create_rate`, `history` (a new
 size for every group's ring, but not turning history on or off: that changes
 what the store is asked to keep and whether the command exists),
-`history_memory`, `shutdown_grace`. The others are sockets, files or state laid
+`history_memory`, `shutdown_grace`, `token_ttl` (tokens minted from then on;
+those already given keep their expiry). `accounts` (the mode) needs a restart,
+as do the others: they are sockets, files or state laid
 out at start; they keep their running value and are reported as needing a restart.
 """
 
@@ -29,7 +31,7 @@ LIVE = frozenset({
     "max_clients", "max_unauth", "max_per_ip", "connect_rate", "exempt",
     "rate_limit", "max_line", "sendq", "login_timeout", "keepalive",
     "notice_limit", "max_groups", "create_rate", "history", "history_memory",
-    "shutdown_grace",
+    "shutdown_grace", "token_ttl",
 })
 # The internal --reuse-port is neither: it is never in a file.
 RESTART = frozenset(f.name for f in fields(Config)) - LIVE - {"reuse_port"}

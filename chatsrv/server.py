@@ -339,6 +339,7 @@ class ChatServer:
         if old.rate_limit != new.rate_limit:
             for session in self.sessions:
                 session.limiter = retune(session.limiter, new.rate_limit)
+        self.accounts.token_ttl = new.token_ttl  # for tokens minted from now on
         hub = self.hub
         hub.notice_limit = new.notice_limit
         hub.max_groups = new.max_groups

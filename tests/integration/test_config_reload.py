@@ -343,3 +343,23 @@ def test_systemd_unit_verifies(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"{unit}:" not in result.stderr, result.stderr  # no unknown key, no bad value
+
+
+def test_reload_token_ttl_applies_to_new_tokens_and_accounts_needs_a_restart(
+        make_http_server, login, tmp_path):
+    path = tmp_path / "chatsrv.toml"
+    path.write_text('accounts = "optional"\nrate_limit = 0\n')
+    server = make_http_server(config=path, admin_token="tok-en")
+    alice = login(server, "alice")
+    assert alice.request("register correct-horse") == "ok: registered alice"
+    path.write_text('accounts = "required"\nrate_limit = 0\ntoken_ttl = 600\n')
+    status, body = server.api.post("/api/v1/reload")
+    assert status == 200
+    assert body == {"ok": True, "changed": ["token_ttl: 2592000.0 -> 600.0"],
+                    "restart_needed": ['accounts: "optional" -> "required"']}
+    before = time.time()
+    reply = alice.request("token")
+    assert reply.startswith("ok: token ")
+    expiry = int(reply.split()[2].split(".")[1], 36)  # the token's expiry (core.accounts)
+    assert before + 600 - 2 <= expiry <= time.time() + 600 + 1
+    login(server, "guest")  # still optional: a guest gets in

@@ -241,3 +241,21 @@ def test_workers_read_the_file_themselves(tmp_path):
     # Without a file: every value as a flag, as before.
     plain = worker_argv(resolved.config, 0, 4321, "n")
     assert "--max-clients" in plain and "--config" not in plain
+
+
+def test_accounts_options_in_the_file_show_and_reload(tmp_path):
+    path = write(tmp_path, 'accounts = "required"\ntoken-ttl = 3600\n')
+    resolved = resolve({}, path)
+    assert (resolved.config.accounts, resolved.config.token_ttl) == ("required", 3600.0)
+    text = show(resolved)
+    assert f'accounts = "required"  # file {path}' in text
+    assert f"token_ttl = 3600.0  # file {path}" in text
+    with pytest.raises(ConfigError, match="accounts"):
+        resolve({}, write(tmp_path, 'accounts = "sometimes"\n'))
+    with pytest.raises(ConfigError, match="token_ttl"):
+        resolve({}, write(tmp_path, "token_ttl = 1\n"))
+    # token_ttl applies to the tokens minted after a reload; the mode needs a restart.
+    plan = reload_plan(Config(), Config(accounts="required", token_ttl=3600.0))
+    assert plan.changed == ("token_ttl: 2592000.0 -> 3600.0",)
+    assert plan.restart_needed == ('accounts: "optional" -> "required"',)
+    assert (plan.effective.accounts, plan.effective.token_ttl) == ("optional", 3600.0)
