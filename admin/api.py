@@ -75,6 +75,9 @@ class AdminClient:
     def stats(self) -> dict:
         return self._api("GET", "/stats")
 
+    def reload(self) -> dict:
+        return self._api("POST", "/reload", {})
+
     def accounts(self) -> dict:
         return self._api("GET", "/accounts")
 

@@ -429,6 +429,20 @@ def stats(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
 
 
 @command
+def reload(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
+    """Re-read the server's config file (as SIGHUP): print what changed and what needs a
+    restart. An invalid file changes nothing: its error, exit 1."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().reload()
+    if opts.json:
+        return _print_json(payload)
+    changed, restart = payload.get("changed", []), payload.get("restart_needed", [])
+    console.print(Text("reloaded: " + ("; ".join(changed) if changed else "nothing changed")))
+    if restart:
+        console.print(Text("needs a restart (not applied): " + "; ".join(restart)))
+
+
+@command
 def health(ctx: typer.Context, json_out: bool = JsonFlag) -> None:
     """Is the server alive and ready? Exit 0 ready, 1 not ready, 3 unreachable."""
     opts = _opts(ctx, json_out)

@@ -7,10 +7,12 @@ all of them land in one frozen `Config`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from .config import Config, ConfigError
+from .configfile import ENV, FLAG, Resolved, resolve, show
 from .store import StoreError
 from .store.commands import backup, restore
 
@@ -31,6 +33,12 @@ D = Config()
 
 @app.command()
 def serve(
+    ctx: typer.Context,
+    config_file: Path | None = typer.Option(  # noqa: UP007
+        None, "--config", envvar="CHATSRV_CONFIG",
+        help="TOML file with any of these options (keys as the option names); a flag or "
+        "its CHATSRV_ variable wins over the file. Re-read on SIGHUP (reload).",
+    ),
     host: str = typer.Option(D.host, envvar=_env("host"), help="Address to listen on."),
     port: int = typer.Option(D.port, envvar=_env("port"), help="TCP port for clients (0 = any)."),
     http_host: str = typer.Option(
@@ -66,7 +74,7 @@ def serve(
         "'error: connecting too fast' (0 = off).",
     ),
     exempt: str = typer.Option(
-        "127.0.0.0/8,::1", envvar=_env("exempt"),
+        D.exempt, envvar=_env("exempt"),
         help="Comma-separated addresses/CIDR networks that skip --max-per-ip and "
         "--connect-rate ('' = none).",
     ),
@@ -170,13 +178,9 @@ def serve(
     ),
     log_format: str = typer.Option(D.log_format, envvar=_env("log_format"), help="text or json."),
 ) -> None:
-    """Run the chat server until SIGTERM or SIGINT."""
-    options = dict(locals())
-    try:
-        config = Config(**options)
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    """Run the chat server until SIGTERM or SIGINT; SIGHUP reloads the config file."""
+    resolved = _resolve(ctx)
+    config = resolved.config
     from .logs import setup_logging
     from .server import serve as run_server
 
@@ -184,7 +188,7 @@ def serve(
     if config.workers > 1:
         from .backplane.workers import supervise as run_server
     try:
-        code = run_server(config)
+        code = run_server(config, resolved)
     except (OSError, ValueError, StoreError) as err:
         typer.echo(f"error: cannot start: {err}", err=True)
         raise typer.Exit(1) from None
@@ -199,11 +203,83 @@ def connect(
     insecure: bool = typer.Option(
         False, "--insecure", help="With --tls: do not verify the certificate (self-signed)."
     ),
+    raw: bool = typer.Option(
+        False, "--raw", help="Send every typed line as is (protocol commands, no /commands)."
+    ),
+    no_color: bool = typer.Option(
+        False, "--no-color", help="No colors (also when the NO_COLOR variable is set)."
+    ),
+    token_file: Path | None = typer.Option(  # noqa: UP007
+        None, "--token-file",
+        help="After a password login, ask the server for a token and keep `NAME TOKEN` "
+        "in this file (mode 0600); typing NAME at the username prompt later logs in "
+        "with the token, no password asked.",
+    ),
 ) -> None:
-    """Chat from the terminal; with stdin not a terminal, run it as a script."""
+    """Chat from the terminal (/help lists the commands); with stdin not a terminal,
+    run it as a script."""
     from .client import run
 
-    raise typer.Exit(run(host, port, tls=tls, insecure=insecure))
+    raise typer.Exit(run(host, port, tls=tls, insecure=insecure, raw=raw,
+                         color=False if no_color else None, token_file=token_file))
+
+
+def _resolve(ctx: Any) -> Resolved:
+    """The Config of a parsed `serve` command line: flags, then CHATSRV_ variables, then
+    the --config file, then defaults. A bad setting: one line and exit 2."""
+    explicit = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name == "config_file" or source is None:
+            continue
+        # Compared by name: Typer may vendor its own click (typer._click).
+        if source.name == "COMMANDLINE":
+            explicit[name] = (value, FLAG)
+        elif source.name == "ENVIRONMENT":
+            explicit[name] = (value, ENV)
+    try:
+        return resolve(explicit, ctx.params.get("config_file"))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+config_app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Check a config file, or show the effective configuration.",
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    file: Path = typer.Argument(..., help="The TOML file to check."),
+) -> None:
+    """Check a config file as `serve --config FILE` would (keys, types, values, TLS files)."""
+    try:
+        resolve({}, file)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{file}: ok")
+
+
+@config_app.command(
+    "show", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def config_show(ctx: typer.Context) -> None:
+    """Print the configuration `serve` would run with (same arguments, same CHATSRV_
+    variables, same --config), each value with where it came from; secrets redacted."""
+    command: Any = typer.main.get_command(app)
+    serve_command = command.commands["serve"]
+    try:
+        serve_ctx = serve_command.make_context("serve", list(ctx.args))
+    except Exception as err:  # click's usage errors (Typer may vendor click)
+        if not hasattr(err, "format_message"):
+            raise
+        typer.echo(f"error: {err.format_message()}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(show(_resolve(serve_ctx)), nl=False)
 
 
 app.command()(backup)

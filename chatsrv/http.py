@@ -15,6 +15,8 @@ Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
     DELETE /api/v1/groups/{name}       delete a group and its history (204; General: 400)
     POST /api/v1/announce {"text", "group"?}   `* announcement: <text>`
     GET  /api/v1/stats                 uptime, users, groups, counters
+    POST /api/v1/reload                re-read the config file (as SIGHUP): what changed,
+                                       what needs a restart (400, nothing changed: invalid)
 
 Errors are `{"error": "..."}`: 400 bad JSON or field, 401, 404 unknown name or
 path, 405 wrong method, 409 group exists or too many groups, 413 body too large,
@@ -177,6 +179,9 @@ class AdminPort(Protocol):
     def announce(self, text: str, group: Group | None) -> int:
         """`* announcement: <text>` to a group's members (on every node), or to
         everyone; returns how many receive it."""
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file (as SIGHUP): {"ok", "changed", "restart_needed"},
+        or {"ok": False, "error"} with nothing changed."""
 
 
 class AdminAPI:
@@ -201,6 +206,7 @@ class AdminAPI:
             ("POST", re.compile(r"/accounts/([^/]+)/(suspend|unsuspend)"), self.suspend_account),
             ("POST", re.compile(r"/announce"), self.announce),
             ("GET", re.compile(r"/stats"), self.stats),
+            ("POST", re.compile(r"/reload"), self.reload),
         ]
 
     # ------------------------------------------------------------ dispatch
@@ -246,6 +252,10 @@ class AdminAPI:
         if stuck:
             return 503, {"status": "store stalled", "seconds": round(stuck, 1)}
         return 200, {"status": "ready"}
+
+    def reload(self, environ: dict) -> Response:
+        result = self.admin.reload()
+        return (200 if result["ok"] else 400), result
 
     def api(self, environ: dict, method: str, path: str) -> Response:
         if not bearer_ok(environ.get("HTTP_AUTHORIZATION"), self.token):

@@ -22,15 +22,18 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import gevent
 from gevent.event import Event
 
+from . import sdnotify
 from .accounts import AccountError, AccountService
 from .auth import load_or_create_token
 from .backplane import open_backplane
-from .config import Config
+from .config import Config, ConfigError
+from .configfile import Resolved, check_tls
 from .core import protocol as P
 from .core.accounts import Account, AccountBook, AccountWork, Register
 from .core.createrate import CreateRate
@@ -54,6 +57,7 @@ from .net.hashing import Hasher
 from .net.session import Session
 from .net.sockio import SockIO
 from .net.tls import TlsChannel
+from .reload import reload_plan, retune
 from .store import MemoryStore, Store, open_store
 from .store.writer import StoreWriter
 
@@ -137,16 +141,29 @@ def set_keepalive(sock, seconds: float) -> None:
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
-    if not config.tls:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(config.tls_cert), str(config.tls_key))
-    return ctx
+    """The server's TLS context for --tls-cert/--tls-key; raises ConfigError."""
+    return check_tls(config)
+
+
+def _tls_files(config: Config) -> bytes:
+    """The certificate and key as they are on disk now (b"" without TLS or if unreadable),
+    so a reload can say whether the pair changed."""
+    if config.tls_cert is None or config.tls_key is None:
+        return b""
+    try:
+        return config.tls_cert.read_bytes() + b"\0" + config.tls_key.read_bytes()
+    except OSError:
+        return b""
 
 
 class ChatServer:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None,
+                 resolved: Resolved | None = None) -> None:
         self.config = config
+        # How `reload` builds the config again: the --config file and what the
+        # flags and environment set at start. Without one, a reload re-reads the
+        # TLS certificate and key (same paths) and changes nothing else.
+        self.resolved = resolved
         self.store = store if store is not None else MemoryStore()
         # The latency histograms are timed only when something can read them.
         create_rate = (CreateRate(config.create_rate, time.monotonic)
@@ -190,6 +207,7 @@ class ChatServer:
         self._flush_pending = False
         self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
+        self._tls_loaded = _tls_files(config)
         self._listener: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
@@ -250,8 +268,96 @@ class ChatServer:
         return self._listener.server_port
 
     def install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, self._on_signal, signum)
+        # Kept alive, as gevent advises for its signal handlers. SIGHUP reloads.
+        self._signal_handlers = [
+            *(gevent.signal_handler(signum, self._on_signal, signum)
+              for signum in (signal.SIGTERM, signal.SIGINT)),
+            gevent.signal_handler(signal.SIGHUP, self._on_hup),
+        ]
+
+    def _on_hup(self) -> None:
+        log.info("received SIGHUP: reloading the configuration")
+        gevent.spawn(self.reload)
+
+    # ------------------------------------------------------------ reload
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file (and the TLS certificate and key) and apply what
+        can change with everyone staying connected; see reload.py. Never raises:
+        the answer says what changed, what needs a restart, or why nothing did."""
+        sdnotify.reloading()
+        try:
+            result = self._reload()
+        except Exception as err:  # a bug must not take the server down with it
+            log.exception("reload failed")
+            result = {"ok": False, "error": f"reload failed: {err}", "changed": [],
+                      "restart_needed": []}
+        sdnotify.ready("reloaded" if result["ok"] else "reload refused")
+        return result
+
+    def _reload(self) -> dict[str, Any]:
+        old = self.config
+        try:
+            if self.resolved is not None:
+                resolved = self.resolved.reload()
+                new = resolved.config
+            else:
+                resolved, new = None, old
+            tls = check_tls(new) if new.tls else None
+        except ConfigError as err:
+            log.error("reload refused, nothing changed: %s", err)
+            return {"ok": False, "error": str(err), "changed": [], "restart_needed": []}
+        plan = reload_plan(old, new)
+        new = plan.effective
+        tls_files = _tls_files(new)
+        tls_changed = tls is not None and old.tls and tls_files != self._tls_loaded
+        if tls is not None and old.tls:
+            self._tls = tls  # new handshakes; established sessions keep theirs
+            self._tls_loaded = tls_files
+        self.config = new
+        if resolved is not None:
+            self.resolved = replace(resolved, config=new)
+        self._apply(old, new)
+        changed = list(plan.changed)
+        if tls_changed and not any(c.startswith(("tls_cert", "tls_key")) for c in changed):
+            changed.append("tls certificate and key: reloaded from the same files")
+        log.info("reload: %s; %s", "changed " + ", ".join(changed) if changed else "no change",
+                 "needs a restart: " + ", ".join(plan.restart_needed)
+                 if plan.restart_needed else "nothing needs a restart")
+        return {"ok": True, "changed": changed, "restart_needed": list(plan.restart_needed)}
+
+    def _apply(self, old: Config, new: Config) -> None:
+        """Hand the new limits to the parts that keep their own copy (the others read
+        `self.config` each time)."""
+        if (old.log_level, old.log_format) != (new.log_level, new.log_format):
+            from .logs import setup_logging
+
+            setup_logging(new.log_level, new.log_format)
+        if (old.max_per_ip, old.connect_rate, old.exempt) != (
+                new.max_per_ip, new.connect_rate, new.exempt):
+            self.limits.configure(max_per_ip=new.max_per_ip, rate=new.connect_rate,
+                                  exempt=new.exempt_networks)
+        if old.rate_limit != new.rate_limit:
+            for session in self.sessions:
+                session.limiter = retune(session.limiter, new.rate_limit)
+        self.accounts.token_ttl = new.token_ttl  # for tokens minted from now on
+        hub = self.hub
+        hub.notice_limit = new.notice_limit
+        hub.max_groups = new.max_groups
+        if old.create_rate != new.create_rate:
+            if not new.create_rate:
+                hub.create_rate = None
+            elif hub.create_rate is None:
+                hub.create_rate = CreateRate(new.create_rate, time.monotonic)
+            else:
+                hub.create_rate.retune(new.create_rate)
+        if old.history != new.history:  # both non-zero (reload_plan)
+            hub.resize_history(new.history)
+            self.writer.keep = new.history  # what the store keeps per group, next write
+        if old.history_memory != new.history_memory:
+            hub.history_budget = new.history_memory_bytes
+            if hub.history_bytes > hub.history_budget:
+                hub.trim_history()
 
     def _on_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
@@ -262,6 +368,7 @@ class ChatServer:
         if self.stopping:
             return
         self.stopping = True
+        sdnotify.stopping()
         if self._listener is not None:
             self._listener.close()
         if self._sweeper is not None:
@@ -777,10 +884,15 @@ class Admin:
         server.schedule_flush()
         return receivers
 
+    def reload(self) -> dict[str, Any]:
+        return self._server.reload()
 
-def serve(config: Config) -> int:
-    """Run until SIGTERM/SIGINT; the process exit code."""
+
+def serve(config: Config, resolved: Resolved | None = None) -> int:
+    """Run until SIGTERM/SIGINT (SIGHUP reloads); the process exit code."""
     limit = raise_fd_limit()
+    if resolved is not None and resolved.path is not None:
+        log.info("config file %s (SIGHUP reloads it)", resolved.path)
     tune_gevent()
     tune_gc()
     if config.redis:
@@ -791,7 +903,7 @@ def serve(config: Config) -> int:
         store = open_store(config)
     server = None
     try:
-        server = ChatServer(config, store)
+        server = ChatServer(config, store, resolved)
         server.load()
         server.start()
     except BaseException:
@@ -802,5 +914,6 @@ def serve(config: Config) -> int:
     log.info("open-files limit %d: room for about %d clients (max-clients %d)",
              limit, max(limit - 64, 0), config.max_clients)
     server.install_signal_handlers()
+    sdnotify.ready(f"listening on {config.host}:{server.port}", main_pid=True)
     server.stopped.wait()
     return 0

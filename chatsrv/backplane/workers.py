@@ -35,7 +35,9 @@ import sys
 import time
 from dataclasses import fields
 
+from .. import sdnotify
 from ..config import Config
+from ..configfile import Resolved
 
 log = logging.getLogger("chatsrv.workers")
 
@@ -46,14 +48,21 @@ POLL_S = 0.1
 PR_SET_PDEATHSIG = 1
 
 
-def worker_argv(config: Config, index: int, port: int, node: str) -> list[str]:
-    """The `chatsrv serve` command line of worker `index`."""
+def worker_argv(config: Config, index: int, port: int, node: str,
+                resolved: Resolved | None = None) -> list[str]:
+    """The `chatsrv serve` command line of worker `index`. With a --config file the
+    worker reads it too (and again on reload), and gets as flags only what the
+    supervisor's own flags and environment set, so the file's values can change."""
     argv = [sys.executable, "-m", "chatsrv", "serve"]
-    values = {f.name: getattr(config, f.name) for f in fields(Config)}
+    if resolved is not None and resolved.path is not None:
+        values = {name: value for name, (value, _) in resolved.explicit.items()}
+        argv += ["--config", str(resolved.path)]
+    else:
+        values = {f.name: getattr(config, f.name) for f in fields(Config)}
     values.update(workers=1, port=port, node_id=f"{node}-w{index}",
                   http_port=config.http_port + index if config.http_port else 0)
-    values.pop("reuse_port")
-    values.pop("admin_token")  # through the environment: argv is visible to `ps`
+    values.pop("reuse_port", None)
+    values.pop("admin_token", None)  # through the environment: argv is visible to `ps`
     for name, value in values.items():
         if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
@@ -125,8 +134,9 @@ def hold_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def supervise(config: Config) -> int:
-    """Run `config.workers` workers until SIGTERM/SIGINT; the exit code."""
+def supervise(config: Config, resolved: Resolved | None = None) -> int:
+    """Run `config.workers` workers until SIGTERM/SIGINT; the exit code. SIGHUP is
+    passed on to every worker (each reloads the config file)."""
     from .node import default_node_id
 
     if config.http_port and config.admin_token is None:
@@ -136,27 +146,43 @@ def supervise(config: Config) -> int:
     holder = hold_port(config.host, config.port)
     port = holder.getsockname()[1]
     node = config.node_id or default_node_id()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
+    # NOTIFY_SOCKET too: the supervisor is the service systemd watches (the main pid).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CHATSRV_") and k != "NOTIFY_SOCKET"}
     if config.admin_token is not None:
         env["CHATSRV_ADMIN_TOKEN"] = config.admin_token
-    workers = [Worker(i, worker_argv(config, i, port, node), env)
+    workers = [Worker(i, worker_argv(config, i, port, node, resolved), env)
                for i in range(config.workers)]
     stop = {"signal": None}
 
     def on_signal(signum, frame) -> None:
         stop["signal"] = signum
 
+    def on_hup(signum, frame) -> None:
+        sdnotify.reloading()
+        for worker in workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.send_signal(signal.SIGHUP)
+        sdnotify.ready("reload passed on to the workers")
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     log.info("supervising %d workers on %s:%d, nodes %s-w0..%d", config.workers, config.host,
              port, node, config.workers - 1)
     try:
+        ready = False
         while stop["signal"] is None:
             now = time.monotonic()
             for worker in workers:
                 worker.check(now)
+            if not ready:  # the workers are started (each then binds and listens)
+                sdnotify.ready(f"{config.workers} workers on {config.host}:{port}",
+                               main_pid=True)
+                ready = True
             time.sleep(POLL_S)
     finally:
+        sdnotify.stopping()
         _stop_all(workers, config.shutdown_grace + 5.0)
         holder.close()
     log.info("all workers stopped")

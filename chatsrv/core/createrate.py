@@ -37,6 +37,17 @@ class CreateRate:
         # key -> its bucket; insertion order is last-use order (`take` re-inserts).
         self.entries: dict[str, RateLimiter] = {}
 
+    def retune(self, per_minute: float) -> None:
+        """A new rate (a reload): every bucket refills at it, up to the new burst."""
+        if per_minute <= 0:
+            raise ValueError("per_minute must be positive")
+        self.rate = per_minute / 60.0
+        self.burst = max(2 * per_minute, 1.0)
+        for bucket in self.entries.values():
+            bucket.rate = self.rate
+            bucket.burst = self.burst
+            bucket.tokens = min(bucket.tokens, self.burst)
+
     def take(self, key: str) -> bool:
         """Spend one creation for `key`: True if allowed, False if over the rate
         (a refused attempt spends nothing)."""

@@ -335,6 +335,24 @@ class Hub:
             if self.history_stale > self.compact_at:
                 self.compact_order()
 
+    def resize_history(self, size: int) -> None:
+        """`--history` changed by a reload (both sizes non-zero; turning history on
+        or off needs a restart): every group's ring takes the new size, a smaller
+        one dropping its oldest entries as an append past the size would. O(entries)."""
+        if not size or not self.history_size:
+            raise ValueError("history cannot be turned on or off without a restart")
+        for group in self.groups.values():
+            ring = group.history
+            drop = max(0, len(ring) - size)
+            for _ in range(drop):
+                self.history_bytes -= entry_size(ring.popleft())
+            group.skip += drop  # their records in history_order go stale
+            self.history_stale += drop
+            group.history = deque(ring, maxlen=size)
+        self.history_size = size
+        if self.history_stale > self.compact_at:
+            self.compact_order()
+
     def trim_history(self) -> None:
         """Evict the server's oldest saved entries until within `--history-memory`.
 

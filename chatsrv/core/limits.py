@@ -124,6 +124,19 @@ class AddressLimits:
         self._log_expiry: deque[tuple[float, str]] = deque()
         self.refused = 0
 
+    def configure(self, *, max_per_ip: int, rate: float, exempt: tuple[Network, ...]) -> None:
+        """New limits (a reload). Connections already counted are released under the
+        keys they were admitted with; newly exempt addresses are no longer counted
+        for new connections, and buckets refill at the new rate up to the new burst."""
+        self.max_per_ip = max_per_ip
+        self.rate = rate
+        self.burst = max(2 * rate, 1.0)
+        self.refill_s = self.burst / rate if rate else 0.0
+        self.exempt = exempt
+        self.on = bool(max_per_ip or rate)
+        for entry in self.entries.values():
+            entry.tokens = min(entry.tokens, self.burst)
+
     # ------------------------------------------------------------ accounting
 
     def key(self, host: str) -> str | None:

@@ -118,3 +118,39 @@ def test_workers_do_not_outlive_a_killed_supervisor(redis_server, tmp_path):  # 
         wait_for(gone, "the workers to exit")
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_workers_under_systemd_reload_the_file(redis_server, tmp_path, monkeypatch):  # noqa: F811
+    """The supervisor is what systemd watches: it says READY=1 and STOPPING=1 (the
+    workers do not), and passes SIGHUP on to every worker, which reads the file again."""
+    config = tmp_path / "chatsrv.toml"
+    config.write_text(f'redis = "{redis_server.url}"\nworkers = 2\nnotice_limit = 10\n')
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+        server = start_server(tmp_path, config=config, node_id="s", node_ttl=2)
+        try:
+            ready = sock.recv(4096).decode()
+            assert ready.startswith("READY=1\nSTATUS=2 workers on 127.0.0.1:")
+            assert f"MAINPID={server.pid}" in ready
+            wait_for(lambda: server.log().count("listening on") >= 2, "both workers")
+            config.write_text(f'redis = "{redis_server.url}"\nworkers = 2\nnotice_limit = 20\n')
+            server.proc.send_signal(signal.SIGHUP)
+            assert sock.recv(4096).decode().startswith("RELOADING=1")
+            assert sock.recv(4096).decode() == "READY=1\nSTATUS=reload passed on to the workers"
+            wait_for(lambda: server.log().count("reload: changed notice_limit: 10 -> 20") == 2,
+                     "both workers reloading")
+            assert server.stop() == 0
+            assert sock.recv(4096).decode() == "STOPPING=1\nSTATUS=shutting down"
+            # The workers said nothing to systemd themselves (all are gone by now:
+            # the supervisor waits for them, so anything sent would be queued here).
+            sock.setblocking(False)
+            try:
+                extra = sock.recv(4096)
+            except BlockingIOError:
+                extra = b""
+            assert extra == b""
+        finally:
+            server.stop(signal.SIGKILL)

@@ -243,10 +243,11 @@ def _controlling_terminal() -> None:
 class Terminal:
     """The client on a pseudo-terminal; `expect` waits for text on the screen stream."""
 
-    def __init__(self, cmd: list[str]) -> None:
+    def __init__(self, cmd: list[str], env: dict | None = None) -> None:
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-        env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+        base = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        env = {**base, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
                                      env=env, preexec_fn=_controlling_terminal)
         os.close(slave)
@@ -298,8 +299,8 @@ class Terminal:
 def terminal(server):
     terminals: list[Terminal] = []
 
-    def start() -> Terminal:
-        term = Terminal(client_cmd(server))
+    def start(*extra: str, env: dict | None = None) -> Terminal:
+        term = Terminal(client_cmd(server, *extra), env)
         terminals.append(term)
         return term
 
@@ -379,3 +380,220 @@ def test_interactive_server_shutdown_exits_1(server, terminal):
     term.expect("* server shutting down")
     term.expect("connection closed by server: * server shutting down")
     assert term.wait() == 1
+
+
+# --- the comforts: conversations, / commands, completion, colors --------------------
+
+
+def test_interactive_conversations_and_slash_commands(server, terminal, login):
+    bob = login(server, "bob")
+    bob.send("create Physics")
+    bob.send("join Physics")
+    bob.read_until(lambda line: line == "ok: joined group Physics")
+    term = terminal()
+    log_in(term, "alice")
+    term.type("hello\r")  # no conversation yet: a hint, nothing sent
+    term.expect("no conversation yet: /g GROUP or /msg USER first")
+    term.type("/join Physics\r")
+    term.expect("ok: joined group Physics")
+    term.expect("alice [Physics]>")  # the prompt shows the conversation
+    term.type("hi physicists\r")
+    bob.read_until(lambda line: line == "[public group Physics from alice] hi physicists")
+    term.type("/msg bob psst\r")
+    bob.read_until(lambda line: line == "[private from alice] psst")
+    term.expect("alice [@bob]>")
+    term.type("more\r")
+    bob.expect("[private from alice] more")
+    term.type("//etc\r")  # a message starting with /
+    bob.expect("[private from alice] /etc")
+    term.type("/g General\r")
+    term.type("to all\r")
+    bob.expect("[public group General from alice] to all")
+    term.type("/raw users\r")
+    term.expect("users: alice bob")
+    term.type("/history Physics 5\r")
+    term.expect("ok: end of history Physics")
+    term.type("/help\r")
+    term.expect("/msg /m /query USER [TEXT]")
+    term.type("/nope\r")
+    term.expect("unknown command /nope; /help lists them")
+    term.type("/leave Physics\r")
+    term.expect("ok: left group Physics")
+    term.type("/quit\r")
+    term.expect("ok: bye")
+    assert term.wait() == 0
+    bob.read_until(lambda line: line == "* alice left the group General")
+
+
+def test_interactive_tab_completion_of_commands_groups_and_users(server, terminal, login):
+    bob = login(server, "bob")
+    bob.send("create Physics")
+    bob.read_until(lambda line: line == "ok: created group Physics")
+    term = terminal()
+    log_in(term, "alice")
+    term.type("ping\r")  # the names the client asked for at login are in by the pong
+    term.expect("ok: pong")
+    assert "groups: " not in term.text() and "users: " not in term.text()  # not shown
+    term.type("/jo\t")
+    term.expect("/join")  # completion runs in the background: wait for it
+    term.type(" Ph\t")
+    term.expect("Physics")
+    term.type("\r")
+    term.expect("ok: joined group Physics")
+    term.type("/msg b\t")
+    term.expect("bob")
+    term.type(" hello\r")
+    bob.read_until(lambda line: line == "[private from alice] hello")
+    term.type("/quit\r")
+    assert term.wait() == 0
+
+
+def test_interactive_colors_by_kind_and_no_color(server, terminal, login):
+    bob = login(server, "bob")
+    term = terminal()
+    log_in(term, "alice")
+    bob.send("private alice psst")
+    bob.send("public General hey alice, look")
+    bob.send("public General nothing for you")
+    term.expect("nothing for you")
+    raw = bytes(term.raw)
+    assert b"\x1b[35m[private from bob] psst\x1b[0m" in raw
+    assert b"\x1b[1;33m[public group General from bob] hey alice, look\x1b[0m" in raw
+    assert b"[public group General from bob] nothing for you\x1b" not in raw  # no color
+    term.type("nonsense words\r")  # no conversation: a hint
+    term.type("ping pong pang\r")  # a protocol command with a bad argument count
+    term.expect("error: ")
+    assert b"\x1b[31merror: " in bytes(term.raw)
+    term.type("/quit\r")
+    assert term.wait() == 0
+    for extra, env in ((("--no-color",), None), ((), {"NO_COLOR": "1"})):
+        plain = terminal(*extra, env=env)
+        log_in(plain, "carol")
+        bob.send("private carol psst")
+        plain.expect("[private from bob] psst")
+        assert b"\x1b[35m" not in bytes(plain.raw)
+        plain.type("/quit\r")
+        assert plain.wait() == 0
+
+
+def test_interactive_raw_mode_sends_lines_as_typed(server, terminal, login):
+    bob = login(server, "bob")
+    term = terminal("--raw")
+    log_in(term, "alice")
+    term.type("join General\r")
+    term.expect("error: ")  # already a member: the server's answer, not a conversation
+    term.type("hello there\r")
+    term.expect("error: unknown command: hello")
+    term.type("/g General\r")
+    term.expect("error: unknown command: /g")
+    term.type("public General hi\r")
+    bob.read_until(lambda line: line == "[public group General from alice] hi")
+    term.type("exit\r")
+    term.expect("ok: bye")
+    assert term.wait() == 0
+
+
+# --- accounts: the password prompt and --token-file -----------------------------------
+
+PASSWORD = "correct-horse"
+
+
+def register(login, server, name: str = "alice") -> None:
+    """`name` becomes an account (password PASSWORD) and logs out."""
+    client = login(server, name)
+    assert client.request(f"register {PASSWORD}") == f"ok: registered {name}"
+    client.send("exit")
+    client.expect("ok: bye")
+
+
+def test_script_passes_the_password_prompt_through(server, login):
+    register(login, server)
+    # The drain counts `password for alice:` as the answer to a login line: ending
+    # right after it is a clean end, and a full login drains as before.
+    result = run_script(server, "alice\n")
+    assert result.stdout.decode().splitlines() == ["enter a username:", "password for alice:"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    result = run_script(server, f"alice\n{PASSWORD}\nping\n")
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "password for alice:", "connected! welcome alice",
+        "you joined the group General", "ok: pong"]
+    assert (result.returncode, result.stderr) == (0, b"")
+
+
+def test_script_token_file_saves_and_uses_a_token(server, login, tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    # The script's own `exit` comes right after the password: the client's `token`
+    # still goes first, and its reply is not printed.
+    result = run_script(server, f"alice\n{PASSWORD}\nexit\n", "--token-file", str(token_file))
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "password for alice:", "connected! welcome alice",
+        "you joined the group General", "ok: bye"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    name, token = token_file.read_text().split()
+    assert name == "alice" and PASSWORD not in token
+    # Next time the name alone logs in: `alice <token>`, no password asked.
+    result = run_script(server, "Alice\nusers\n", "--token-file", str(token_file))
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "connected! welcome alice", "you joined the group General",
+        "users: alice"]
+    assert (result.returncode, result.stderr) == (0, b"")
+    # The one-line form is a password login too: a new token replaces the old one.
+    result = run_script(server, f"alice {PASSWORD}\ntoken\n", "--token-file", str(token_file))
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == ["enter a username:", "connected! welcome alice",
+                         "you joined the group General"]
+    assert len(lines) == 4 and lines[3].startswith("ok: token ")  # the script's own
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert token_file.read_text().split()[0] == "alice"
+
+
+def test_script_token_file_refused_token_stops_the_script(server, login, tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    token_file.write_text("alice not-a-real-token\n")
+    result = run_script(server, "alice\nusers\n", "--token-file", str(token_file))
+    # The script's next line is not sent as a username (nor as a password).
+    assert result.stdout.decode().splitlines() == [
+        "enter a username:", "error: login failed", "enter a username:"]
+    assert result.returncode == 1
+    assert b"was refused" in result.stderr and b"not-a-real-token" not in result.stderr
+
+
+def test_interactive_password_without_echo_token_file_and_no_history(server, terminal, login,
+                                                                    tmp_path):
+    register(login, server)
+    token_file = tmp_path / "token"
+    term = terminal("--token-file", str(token_file))
+    term.expect("enter a username:")
+    term.type("alice\r")
+    term.expect("password for alice:")
+    term.expect("password:")  # the prompt (the trailing space is not drawn)
+    term.type(PASSWORD + "\r")
+    term.expect("connected! welcome alice")
+    term.expect(f"token saved to {token_file}")
+    term.type("ping\r")
+    term.expect("ok: pong")
+    # Up arrow as far as history goes: only `ping` is there (nothing typed before
+    # login, so neither the name nor the password); Enter sends it again.
+    term.type("\x1b[A\x1b[A\x1b[A\r")
+    term.expect("ok: pong")
+    term.type("/register x\r")  # never kept either (a guest-only command: refused here)
+    term.expect("error: ")
+    term.type("\x1b[A\x1b[A\r")
+    term.expect("ok: pong")
+    term.type("/quit\r")
+    assert term.wait() == 0
+    assert PASSWORD not in term.text()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().split()[1]
+    assert token not in term.text()  # the client's own `token` reply is not shown
+    # The saved token: the name alone logs in.
+    again = terminal("--token-file", str(token_file))
+    again.expect("enter a username:")
+    again.type("alice\r")
+    again.expect("connected! welcome alice")
+    again.type("/quit\r")
+    assert again.wait() == 0
+    assert "password for" not in again.text()

@@ -293,3 +293,35 @@ def test_close_is_bounded_and_counts_what_is_lost(quick, caplog):
     assert time.monotonic() - started < 1.5
     assert "4 history messages lost" in caplog.text
     store.release.set()
+
+
+def test_resize_history_keeps_the_newest_and_the_accounting():
+    """A reload's new --history: rings shrink from their oldest (their records in
+    the eviction order go stale, as when an append pushes one out) or grow."""
+    hub = make_hub(1000, history=5)
+    alice = with_groups(hub, "a", "b")
+    for i in range(5):
+        hub.handle(alice, f"public a m{i:03d}")
+    hub.handle(alice, "public b m100")
+    hub.resize_history(2)
+    assert ring_texts(hub, "a") == ["m003", "m004"]
+    assert ring_texts(hub, "b") == ["m100"]
+    assert hub.history_bytes == accounted(hub)
+    hub.handle(alice, "public a m005")  # the new size holds
+    assert ring_texts(hub, "a") == ["m004", "m005"]
+    hub.resize_history(4)
+    for i in range(6, 9):
+        hub.handle(alice, f"public a m{i:03d}")
+    assert ring_texts(hub, "a") == ["m005", "m006", "m007", "m008"]
+    assert hub.history_bytes == accounted(hub)
+    hub.handle(alice, "history a 10")
+    answer = lines(alice)[-5:]
+    assert [line.rpartition("] ")[2] for line in answer[:4]] == ["m005", "m006", "m007", "m008"]
+    assert answer[4] == "ok: end of history a"
+    # Eviction still skips the stale records and frees exactly what it counts.
+    hub.history_budget = 2 * size_of("m000")
+    hub.trim_history()
+    assert ring_texts(hub, "a") == ["m007", "m008"] and ring_texts(hub, "b") == []
+    assert hub.history_bytes == accounted(hub)
+    with pytest.raises(ValueError):
+        hub.resize_history(0)
