@@ -184,12 +184,14 @@ def test_reload_through_the_api_and_chatsrv_admin(make_http_server, tmp_path):
     assert body["error"] == f"{path}: key 'notice_limit': --notice-limit must be >= 0 (0 = always)"
     assert server.api.post("/api/v1/reload", token="wrong")[0] == 401
     path.write_text("notice_limit = 30\n")
-    admin = [sys.executable, "-m", "chatsrv_admin", "--url", server.http_url, "--token", "tok-en"]
-    result = subprocess.run([*admin, "reload"], capture_output=True, text=True, timeout=60)
+    # The token from the environment: on the command line chatsrv-admin warns first.
+    admin = [sys.executable, "-m", "chatsrv_admin", "--url", server.http_url]
+    env = {**os.environ, "CHATSRV_ADMIN_TOKEN": "tok-en"}
+    result = subprocess.run([*admin, "reload"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert "reloaded: notice_limit: 20 -> 30" in result.stdout
     path.write_text("notice_limit = x\n")
-    result = subprocess.run([*admin, "reload"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*admin, "reload"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: {path}: not valid TOML")
 
