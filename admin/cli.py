@@ -240,8 +240,7 @@ def accounts_add(ctx: typer.Context, name: str = typer.Argument(..., help="Accou
     if opts.json:
         return _print_json(payload)
     console.print(Text(f"created account {payload['name']}"))
-    if "password" in payload:
-        console.print(Text(f"password: {payload['password']}"))
+    _show_generated(payload)
 
 
 @accounts_app.command("import")
@@ -314,6 +313,11 @@ def accounts_reset(ctx: typer.Context, name: str = typer.Argument(..., help="Acc
     if opts.json:
         return _print_json(payload)
     console.print(Text(f"new password set for {payload['name']}"))
+    _show_generated(payload)
+
+
+def _show_generated(payload: dict) -> None:
+    """The password the server generated (the one answer it appears in), once."""
     if "password" in payload:
         console.print(Text(f"password: {payload['password']}"))
 
@@ -323,11 +327,7 @@ def accounts_reset(ctx: typer.Context, name: str = typer.Argument(..., help="Acc
 def accounts_suspend(ctx: typer.Context, name: str = typer.Argument(..., help="Account name."),
                      json_out: bool = JsonFlag) -> None:
     """Suspend an account: its session ends, logins and tokens are refused."""
-    opts = _opts(ctx, json_out)
-    payload = opts.client().suspend_account(name, True)
-    if opts.json:
-        return _print_json(payload)
-    console.print(Text(f"suspended account {payload['name']}"))
+    _set_suspended(ctx, name, json_out, True)
 
 
 @accounts_app.command("unsuspend")
@@ -336,11 +336,15 @@ def accounts_unsuspend(ctx: typer.Context,
                        name: str = typer.Argument(..., help="Account name."),
                        json_out: bool = JsonFlag) -> None:
     """Allow logins again (tokens minted before the suspension stay void)."""
+    _set_suspended(ctx, name, json_out, False)
+
+
+def _set_suspended(ctx: typer.Context, name: str, json_out: bool, suspend: bool) -> None:
     opts = _opts(ctx, json_out)
-    payload = opts.client().suspend_account(name, False)
+    payload = opts.client().suspend_account(name, suspend)
     if opts.json:
         return _print_json(payload)
-    console.print(Text(f"unsuspended account {payload['name']}"))
+    console.print(Text(f"{'suspended' if suspend else 'unsuspended'} account {payload['name']}"))
 
 
 @command

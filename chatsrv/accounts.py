@@ -89,7 +89,7 @@ class AccountService:
             raise Unavailable(P.CLUSTER_UNAVAILABLE) from None
         except Exception as err:
             log.error("account change not stored: %s", err)
-            raise Unavailable("error: account not changed, storage failed") from None
+            raise Unavailable(P.ACCOUNT_NOT_STORED) from None
 
     def _name(self, name: str) -> str:
         nfc = P.normalize(name)
@@ -130,14 +130,14 @@ class AccountService:
         """A guest's `register <password>`: its name becomes an account."""
         problem = password_problem(password)
         if problem is not None:
-            raise Invalid(f"error: invalid password: {problem}")
+            raise Invalid(P.invalid_password_line(problem))
         if self.book.get(name) is not None or self.book.lookalike(name) is not None:
-            raise Exists(f"error: already registered: {name}")
+            raise Exists(P.already_registered_line(name))
         account = Account(name, self.hasher.hash(password), self.clock())
         try:
             self._add(account)
         except Exists:
-            raise Exists(f"error: already registered: {name}") from None
+            raise Exists(P.already_registered_line(name)) from None
         return account
 
     def _add(self, account: Account) -> None:
@@ -156,10 +156,10 @@ class AccountService:
         """A user's `password <old> <new>`; every token of the account stops working."""
         account = self.find(name)
         if not self.hasher.verify(account.phc, old):
-            raise Invalid("error: wrong password")
+            raise Invalid(P.WRONG_PASSWORD)
         problem = password_problem(new)
         if problem is not None:
-            raise Invalid(f"error: invalid password: {problem}")
+            raise Invalid(P.invalid_password_line(problem))
         self._replace(account, phc=self.hasher.hash(new))
 
     def reset(self, name: str, password: str | None = None) -> tuple[Account, str | None]:

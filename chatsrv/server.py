@@ -557,10 +557,10 @@ class ChatServer:
                 if isinstance(item, Register):
                     account = service.register(item.name, item.password)
                     user.account = account.key
-                    reply = f"ok: registered {account.name}"
+                    reply = P.registered_line(account.name)
                 else:
                     service.change_password(item.name, item.old, item.new)
-                    reply = "ok: password changed"
+                    reply = P.PASSWORD_CHANGED
             except AccountError as err:  # the store's failures included (Unavailable)
                 reply = str(err)
             if self.hub.users.get(user.key) is user:  # not gone meanwhile

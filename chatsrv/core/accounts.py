@@ -34,7 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .names import skeleton
-from .protocol import username_taken
+from .protocol import (
+    LOGIN_FAILED,
+    TOO_MANY_FAILURES,
+    suspended_line,
+    throttled_line,
+    username_taken,
+)
 
 PASSWORD_MIN = 8
 PASSWORD_MAX = 256
@@ -206,32 +212,6 @@ class Mode:
     REQUIRED = "required"
     ALL = (OFF, OPTIONAL, REQUIRED)
 
-
-LOGIN_FAILED = "error: login failed"
-TOO_MANY_FAILURES = "error: too many failed logins"
-DISABLED = "error: accounts are disabled"
-NOT_LOGGED_IN = "error: not logged in to an account"
-WRONG_PASSWORD = "error: wrong password"
-
-
-def suspended_line(name: str) -> str:
-    return f"error: account suspended: {name}"
-
-
-def throttled_line(name: str) -> str:
-    return f"error: too many failed logins for {name}, try again later"
-
-
-def already_registered_line(name: str) -> str:
-    return f"error: already registered: {name}"
-
-
-def invalid_password_line(reason: str) -> str:
-    return f"error: invalid password: {reason}"
-
-
-def password_prompt(name: str) -> str:
-    return f"password for {name}:"
 
 
 # What `AccountBook.begin` / `checked` tell the login flow to do next.

@@ -225,17 +225,17 @@ def register(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     book = _account_book(hub)
     if user.account is not None or book.get(user.name) is not None \
             or book.mode == A.Mode.REQUIRED:
-        raise ProtocolError(A.already_registered_line(user.name))
+        raise ProtocolError(P.already_registered_line(user.name))
     problem = A.password_problem(args[0])
     if problem is not None:
-        raise ProtocolError(A.invalid_password_line(problem))
+        raise ProtocolError(P.invalid_password_line(problem))
     hub.account_work.append(A.Register(user, user.name, args[0]))
 
 
 def password(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _account_book(hub)
     if user.account is None:
-        raise ProtocolError(A.NOT_LOGGED_IN)
+        raise ProtocolError(P.NOT_LOGGED_IN)
     hub.account_work.append(A.ChangePassword(user, user.name, args[0], args[1]))
 
 
@@ -243,13 +243,13 @@ def token(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     book = _account_book(hub)
     account = book.accounts.get(user.account) if user.account is not None else None
     if account is None:
-        raise ProtocolError(A.NOT_LOGGED_IN)
-    hub.reply(user, f"ok: token {book.mint(account, hub.clock())}")
+        raise ProtocolError(P.NOT_LOGGED_IN)
+    hub.reply(user, P.token_line(book.mint(account, hub.clock())))
 
 
 def _account_book(hub: Hub) -> A.AccountBook:
     if hub.accounts is None:
-        raise ProtocolError(A.DISABLED)
+        raise ProtocolError(P.DISABLED)
     return hub.accounts
 
 

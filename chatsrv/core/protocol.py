@@ -296,3 +296,42 @@ LINE_KINDS = (
     "[history group ",
     "* ",
 )
+
+
+# ---------------------------------------------------------------- accounts (v2)
+
+LOGIN_FAILED = "error: login failed"
+TOO_MANY_FAILURES = "error: too many failed logins"
+DISABLED = "error: accounts are disabled"
+NOT_LOGGED_IN = "error: not logged in to an account"
+WRONG_PASSWORD = "error: wrong password"
+PASSWORD_CHANGED = "ok: password changed"
+ACCOUNT_NOT_STORED = "error: account not changed, storage failed"
+
+
+def suspended_line(name: str) -> str:
+    return f"error: account suspended: {name}"
+
+
+def throttled_line(name: str) -> str:
+    return f"error: too many failed logins for {name}, try again later"
+
+
+def already_registered_line(name: str) -> str:
+    return f"error: already registered: {name}"
+
+
+def invalid_password_line(reason: str) -> str:
+    return f"error: invalid password: {reason}"
+
+
+def password_prompt(name: str) -> str:
+    return f"password for {name}:"
+
+
+def registered_line(name: str) -> str:
+    return f"ok: registered {name}"
+
+
+def token_line(token: str) -> str:
+    return f"ok: token {token}"

@@ -390,7 +390,7 @@ class Session:
             step = book.begin(nfc, secret, now)
         if isinstance(step, A.AskPassword):
             state.waiting = step.name
-            self.write(P.encode(A.password_prompt(step.name)))
+            self.write(P.encode(P.password_prompt(step.name)))
             return None
         if isinstance(step, A.CheckPassword):
             check = step
