@@ -148,6 +148,9 @@ def bob_in_ops(redis, make_http_server, login):
     alice.expect("* bob joined the group General")
     assert bob.request("create ops") == "ok: created group ops"
     assert bob.request("join ops") == "ok: joined group ops"
+    # The new group reaches node A through Redis: wait for it there, or a `join
+    # ops` on A can come first and get `no such group` (CI saw it under load).
+    until(alice, "groups", lambda r: r == "groups: General ops")
     return a, b, alice, bob
 
 
