@@ -85,3 +85,24 @@ def _answer(server, line: str) -> str:
 
 def _login_fails(server, line: str) -> bool:
     return _answer(server, line) == "error: login failed"
+
+
+def test_redis_away_account_changes_refused_and_nothing_half_made(redis_server, make_server):  # noqa: F811
+    """With Redis unreachable, what must be shared answers `cluster unavailable`
+    (503 in the API) and creates nothing; a login, which claims its name in Redis,
+    is refused the same way even with the right password."""
+    a = node(make_server, redis_server, 0)
+    a.api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "correct-horse"})
+    guest = attempt(a, "gina")
+    guest.expect("connected! welcome gina", "you joined the group General")
+    redis_server.stop()
+    guest.send("register ginas-password")
+    guest.read_until(lambda line: line == "error: cluster unavailable")
+    status, body = a.api.call("POST", "/api/v1/accounts", {"name": "zed", "password": "zeds-password"})
+    assert status == 503, (status, body)
+    assert "zed" not in str(a.api.ok("GET", "/api/v1/accounts"))
+    login = attempt(a, "alice correct-horse")
+    assert login.read_line() == "error: cluster unavailable"
+    redis_server.start()  # same port, empty: nothing of gina or zed was written
+    assert redis_server.command("HEXISTS", "chatsrv:accounts", "gina") == b":0\r\n"
+    assert redis_server.command("HEXISTS", "chatsrv:accounts", "zed") == b":0\r\n"
