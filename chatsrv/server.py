@@ -563,6 +563,7 @@ class ChatServer:
             return None
         session = Session(self, io, peer, next(self._ids), channel)
         channel.send = session.write
+        session.framer = channel.frame_queue
         channel.on_dead = lambda: session.abort("timeout")
         channel.start_pings(self.loop)
         session.addr_key = key
@@ -713,11 +714,18 @@ class ChatServer:
         for user in dirty:
             queue = user.queue
             if queue:
-                data = b"".join(queue)
-                queue.clear()
                 # Every dirty user has a conn (a session logs out before detaching);
                 # the hot path gets no runtime check, only this narrowing comment.
-                user.conn.write(data)  # type: ignore[union-attr]
+                conn = user.conn
+                framer = conn.framer  # type: ignore[union-attr]
+                if framer is None:
+                    data = b"".join(queue)
+                    queue.clear()
+                    conn.write(data)  # type: ignore[union-attr]
+                else:  # WebSocket: a delivery's frame is made once per fan-out
+                    data = framer(queue)
+                    queue.clear()
+                    conn.write(data, True)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ administration
 

@@ -80,6 +80,25 @@ def text_frame(line: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + line
 
 
+# The last line framed and its frame: a `public` delivery is one bytes object
+# appended to every member's queue, and the flush frames those queues one
+# after another, so one frame serves the whole fan-out.
+_last_line = b""
+_last_frame = b"\x81\x00"
+
+
+def frame_line(line: bytes) -> bytes:
+    """The text frame(s) of one queued item (LF-ended lines), cached by identity."""
+    global _last_line, _last_frame
+    if line is _last_line:
+        return _last_frame
+    body = line[:-1] if line.endswith(b"\n") else line
+    # A queued item is one line, but a few replies queue several lines at once.
+    frame = frame_lines(line) if b"\n" in body else text_frame(body)
+    _last_line, _last_frame = line, frame
+    return frame
+
+
 def frame_lines(data: bytes) -> bytes:
     """Server lines (each ending in LF) as text frames, one per line."""
     lines = data.split(b"\n")
@@ -166,6 +185,14 @@ class WsChannel:
 
     def encrypt(self, data: bytes) -> bytes:
         framed = frame_lines(data) if data else b""
+        if self.out:
+            framed = b"".join(self.out) + framed
+            self.out.clear()
+        return framed
+
+    def frame_queue(self, queue: list[bytes]) -> bytes:
+        """A user's queued lines (each one line, LF-ended) as frames, for the flush."""
+        framed = b"".join(map(frame_line, queue))
         if self.out:
             framed = b"".join(self.out) + framed
             self.out.clear()

@@ -256,3 +256,32 @@ def test_the_server_answers_pings_and_a_client_close(web, ws_clients):
     client.sock.sendall(client.ws.send(CloseConnection(code=1000)))
     assert client.closed_with() == 1000
     assert client.ws.state is ConnectionState.CLOSED
+
+
+def test_a_delivery_is_framed_once_for_the_whole_fan_out():
+    from chatsrv.net.websocket import frame_line, frame_lines
+    line = b"[public group General from bob] hi\n"
+    assert frame_line(line) == b"\x81" + bytes((len(line) - 1,)) + line[:-1]
+    assert frame_line(line) is frame_line(line)  # cached by identity
+    long = b"x" * 70000 + b"\n"
+    assert frame_line(long)[:2] == b"\x81\x7f" and frame_line(long).endswith(b"x")
+    assert frame_line(b"one\ntwo\n") == frame_lines(b"one\ntwo\n") == b"\x81\x03one\x81\x03two"
+
+
+def test_websocket_users_each_get_every_line_as_its_own_frame(web, ws_clients, login):
+    server = web()
+    bob = login(server, "bob")
+    readers = [ws_clients(server).login(name) for name in ("ann", "cid", "dee")]
+    for n in range(3):
+        bob.send(f"public General message {n}")
+    for reader in readers:
+        got = []
+        while len(got) < 3:
+            line = reader.line()
+            if not line.startswith("* "):  # join notices of the later readers
+                got.append(line)
+        assert got == [f"[public group General from bob] message {n}" for n in range(3)]
+    readers[0].send("history General 3")
+    lines = [readers[0].line() for _ in range(4)]
+    assert [line.split("] ", 1)[1] for line in lines[:3]] == [f"message {n}" for n in range(3)]
+    assert lines[3] == "ok: end of history General"
