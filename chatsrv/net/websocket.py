@@ -32,7 +32,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger("chatsrv.web")
 
@@ -166,7 +166,7 @@ class WsChannel:
     set by the server once the session exists."""
 
     __slots__ = ("ws", "sock", "max_line", "size", "closing", "send", "last_rx", "pinged",
-                 "timer", "on_dead", "out")
+                 "timer", "on_dead", "out", "partial")
 
     def __init__(self, ws: WSConnection, sock, max_line: int) -> None:
         self.ws = ws
@@ -180,6 +180,7 @@ class WsChannel:
         self.pinged: float | None = None
         self.timer: Any = None  # a gevent loop timer (gevent is untyped)
         self.out: list[bytes] = []  # control frames for the next write
+        self.partial: list[bytes] = []  # the fragments of an unfinished message
 
     # ---------------------------------------------------------------- output
 
@@ -221,23 +222,34 @@ class WsChannel:
         self.pinged = None
         if self.closing:
             return b"", True
-        if data:
-            self.ws.receive_data(data)
         out: list[bytes] = []
+        try:
+            if data:
+                self.ws.receive_data(data)
+            over = self._events(out)
+        except LocalProtocolError:  # we answered a peer already closing: over
+            over = True
+        return b"".join(out), over
+
+    def _events(self, out: list[bytes]) -> bool:
         for event in self.ws.events():
             if isinstance(event, TextMessage):
                 chunk = event.data.encode()
                 self.size += len(chunk)
                 if self.size > self.max_line:
                     self.close(CLOSE_TOO_BIG, "message too big")
-                    return b"".join(out), True
-                out.append(chunk)
+                    return True
+                # A message's fragments wait here until it is complete (at most
+                # --max-line bytes), so the session never sees half a line.
+                self.partial.append(chunk)
                 if event.message_finished:
+                    out.extend(self.partial)
                     out.append(b"\n")
+                    self.partial.clear()
                     self.size = 0
             elif isinstance(event, BytesMessage):
                 self.close(CLOSE_UNSUPPORTED, "text frames only")
-                return b"".join(out), True
+                return True
             elif isinstance(event, Ping):
                 self._control(self.ws.send(event.response()))
             elif isinstance(event, CloseConnection):
@@ -246,8 +258,8 @@ class WsChannel:
                     self._control(self.ws.send(event.response()))
                 else:  # a protocol error wsproto found (1002, 1007 for bad UTF-8)
                     self.close(event.code, event.reason or "")
-                return b"".join(out), True
-        return b"".join(out), False
+                return True
+        return False
 
     def recv(self, size: int) -> bytes:
         """Lines for the login phase (blocking this greenlet); b"" when it is over."""
@@ -281,7 +293,7 @@ class WsChannel:
             self.timer = None
 
     def _check(self) -> None:
-        if self.closing:
+        if self.closing or self.ws.state is not ConnectionState.OPEN:
             return
         now = time.monotonic()
         if self.pinged is not None:

@@ -285,3 +285,19 @@ def test_websocket_users_each_get_every_line_as_its_own_frame(web, ws_clients, l
     lines = [readers[0].line() for _ in range(4)]
     assert [line.split("] ", 1)[1] for line in lines[:3]] == [f"message {n}" for n in range(3)]
     assert lines[3] == "ok: end of history General"
+
+
+def test_a_fragmented_message_is_one_line_and_its_total_counts(web, ws_clients, login):
+    server = web(max_line=64)
+    alice = ws_clients(server).login("alice")
+    bob = login(server, "bob")
+    alice.expect("* bob joined the group General")
+    alice.sock.sendall(alice.ws.send(Message(data="public General he", message_finished=False)))
+    bob.send("ping")
+    bob.expect("ok: pong")  # alice's half line reached nobody meanwhile
+    alice.sock.sendall(alice.ws.send(Message(data="llo\nping", message_finished=True)))
+    bob.expect("[public group General from alice] hello")
+    alice.expect("ok: pong")
+    for _ in range(3):  # 3 fragments of 30 bytes: each fits, the message does not
+        alice.sock.sendall(alice.ws.send(Message(data="x" * 30, message_finished=False)))
+    assert alice.closed_with() == 1009
