@@ -148,6 +148,7 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = state.ws = new WebSocket(`${scheme}//${location.host}/ws`);
   status("connecting…");
+  ws.onopen = () => status("online");
   ws.onmessage = (ev) => onLine(String(ev.data));
   ws.onclose = () => {
     state.loggedIn = false;
