@@ -88,3 +88,29 @@ def test_a_browser_user_and_a_tcp_user_chat(tmp_path, browser, login):
         (tmp_path / "web-375px.png").write_bytes(shot)
     finally:
         server.stop()
+
+
+def test_the_page_reconnects_and_rejoins_after_a_restart(tmp_path, browser, login):
+    from conftest import start_server
+    server = start_web_server(tmp_path, rate_limit=0)
+    port = server.web_port
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait(browser, lambda: browser.find_element(By.ID, "status").text == "online")
+        browser.find_element(By.ID, "login-input").send_keys("alice", Keys.ENTER)
+        text = wait(browser, lambda: browser.find_element(By.ID, "text").is_displayed()
+                    and browser.find_element(By.ID, "text"))
+        text.send_keys("/create Physics", Keys.ENTER)
+        wait(browser, lambda: browser.find_element(By.ID, "title").text == "Physics")
+        server.stop()
+        wait(browser, lambda: "disconnected" in browser.find_element(By.ID, "status").text)
+        server = start_server(tmp_path, web_port=port, rate_limit=0)  # same data dir
+        wait(browser, lambda: browser.find_element(By.ID, "status").text
+             == "connected as alice", limit=60)
+        bob = login(server, "bob")
+        bob.send("join Physics")
+        bob.expect("ok: joined group Physics")
+        bob.send("public Physics welcome back")  # reaches alice only if she re-joined
+        wait(browser, lambda: any("welcome back" in m for m in messages(browser)))
+    finally:
+        server.stop()
