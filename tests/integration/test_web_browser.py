@@ -114,3 +114,30 @@ def test_the_page_reconnects_and_rejoins_after_a_restart(tmp_path, browser, logi
         wait(browser, lambda: any("welcome back" in m for m in messages(browser)))
     finally:
         server.stop()
+
+
+def test_the_password_prompt_logs_in_to_an_account(tmp_path, browser, login):
+    server = start_web_server(tmp_path, rate_limit=0)
+    try:
+        carol = login(server, "carol")
+        assert carol.request("register carols-secret-pw") == "ok: registered carol"
+        carol.send("exit")
+        carol.expect("ok: bye")
+        browser.get(f"http://127.0.0.1:{server.web_port}/")
+        wait(browser, lambda: browser.find_element(By.ID, "status").text == "online")
+        field = browser.find_element(By.ID, "login-input")
+        field.send_keys("carol", Keys.ENTER)
+        wait(browser, lambda: browser.find_element(By.ID, "login-label").text
+             == "Password for carol")
+        assert field.get_attribute("type") == "password"
+        field.send_keys("wrong-password", Keys.ENTER)
+        wait(browser, lambda: "error: " in browser.find_element(By.ID, "login-error").text)
+        field = browser.find_element(By.ID, "login-input")
+        field.send_keys("carol", Keys.ENTER)
+        wait(browser, lambda: browser.find_element(By.ID, "login-label").text
+             == "Password for carol")
+        field.send_keys("carols-secret-pw", Keys.ENTER)
+        wait(browser, lambda: browser.find_element(By.ID, "status").text
+             == "connected as carol")
+    finally:
+        server.stop()
