@@ -871,6 +871,7 @@ class ChatServer:
             cluster=self._cluster_scrape(),
             store=(StoreScrape(stalled=bool(self.writer.stalled()), stats=self.writer.stats)
                    if self.store.durable else None),
+            websocket_active=sum(s.framer is not None for s in sessions),
         )
 
     def _cluster_scrape(self) -> ClusterScrape | None:

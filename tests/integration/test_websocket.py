@@ -301,3 +301,22 @@ def test_a_fragmented_message_is_one_line_and_its_total_counts(web, ws_clients, 
     for _ in range(3):  # 3 fragments of 30 bytes: each fits, the message does not
         alice.sock.sendall(alice.ws.send(Message(data="x" * 30, message_finished=False)))
     assert alice.closed_with() == 1009
+
+
+def test_websocket_connections_have_their_own_gauge(web, ws_clients, login):
+    from conftest import wait_for
+    server = web(http_port=free_port())
+    login(server, "bob")
+    ws_clients(server).login("alice")
+
+    def gauge(name: str) -> float:
+        with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"{name} missing")
+
+    assert gauge("chatsrv_websocket_connections_active") == 1
+    assert gauge("chatsrv_connections_active") == 2
+    ws_clients(server)  # a second one, still at the prompt, counts too
+    wait_for(lambda: gauge("chatsrv_websocket_connections_active") == 2, "the second one")
