@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, name: null, password: null, loggedIn: false, open: "General",
   groups: new Map(), // joined group -> {messages: [], unread: 0}
-  backoff: 500, wanted: null,
+  backoff: 500, bye: false,
 };
 
 function status(text) { $("status").textContent = text; }
@@ -131,6 +131,7 @@ function onLine(line) {
   }
   if (line.startsWith("error: ")) { showError(line); return; }
   if (line.startsWith("ok: end of history")) return;
+  if (line === "ok: bye") state.bye = true; // `/exit`: do not reconnect
   add(state.open, { kind: "info", text: line });
 }
 
@@ -152,6 +153,7 @@ function connect() {
   ws.onmessage = (ev) => onLine(String(ev.data));
   ws.onclose = () => {
     state.loggedIn = false;
+    if (state.bye) { status("logged out; reload the page to log in again"); return; }
     status(`disconnected; retrying in ${Math.round(state.backoff / 1000)} s`);
     setTimeout(connect, state.backoff);
     state.backoff = Math.min(state.backoff * 2, 30000);

@@ -139,5 +139,8 @@ def test_the_password_prompt_logs_in_to_an_account(tmp_path, browser, login):
         field.send_keys("carols-secret-pw", Keys.ENTER)
         wait(browser, lambda: browser.find_element(By.ID, "status").text
              == "connected as carol")
+        browser.find_element(By.ID, "text").send_keys("/exit", Keys.ENTER)
+        wait(browser, lambda: browser.find_element(By.ID, "status").text.startswith(
+            "logged out"))  # `exit` means it: no reconnect
     finally:
         server.stop()
