@@ -47,6 +47,18 @@ def serve(
     http_port: int = typer.Option(
         D.http_port, envvar=_env("http_port"), help="Metrics/admin HTTP port (0 = off)."
     ),
+    web_host: str = typer.Option(
+        D.web_host, envvar=_env("web_host"), help="Address of the web client and WebSocket port."
+    ),
+    web_port: int = typer.Option(
+        D.web_port, envvar=_env("web_port"),
+        help="Web port: GET / serves the browser client, GET /ws the WebSocket door (0 = off).",
+    ),
+    web_origins: str = typer.Option(
+        D.web_origins, envvar=_env("web_origins"),
+        help="Comma-separated origins (https://chat.example.org) whose pages may open "
+        "the WebSocket, beside the web port's own.",
+    ),
     data_dir: Path = typer.Option(
         D.data_dir, envvar=_env("data_dir"), help="Directory for durable data."
     ),

@@ -26,6 +26,9 @@ class Config:
     port: int = 50000
     http_host: str = "127.0.0.1"
     http_port: int = 9150
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080  # the WebSocket door and the browser client (0 = off)
+    web_origins: str = ""  # comma-separated origins allowed beside the page's own
     data_dir: Path = Path("./chatsrv-data")
     store: str = "sqlite"
     flush_ms: int = 50
@@ -63,6 +66,7 @@ class Config:
         checks = [
             (0 <= self.port <= 65535, "--port must be 0..65535"),
             (0 <= self.http_port <= 65535, "--http-port must be 0..65535"),
+            (0 <= self.web_port <= 65535, "--web-port must be 0..65535"),
             (self.max_clients >= 1, "--max-clients must be at least 1"),
             (self.max_per_ip >= 0, "--max-per-ip must be >= 0 (0 = off)"),
             (self.connect_rate >= 0, "--connect-rate must be >= 0 (0 = off)"),
@@ -129,6 +133,11 @@ class Config:
     @property
     def history_memory_bytes(self) -> int:
         return int(self.history_memory * (1 << 20))
+
+    @property
+    def web_origin_list(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/").lower() for o in self.web_origins.split(",")
+                         if o.strip())
 
     @property
     def tls(self) -> bool:

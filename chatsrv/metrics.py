@@ -159,6 +159,7 @@ class Scrape:
     http_closed: Mapping[str, int] | None  # by reason (timeout, evicted); None without HTTP
     cluster: ClusterScrape | None
     store: StoreScrape | None
+    websocket_active: int = 0  # of connections_active, those on the WebSocket door
 
 
 class ChatCollector(Collector):
@@ -176,6 +177,9 @@ class ChatCollector(Collector):
         yield _gauge("chatsrv_connections_active",
                      "Open client connections, those still at the username prompt included.",
                      now.connections_active)
+        yield _gauge("chatsrv_websocket_connections_active",
+                     "Open WebSocket connections (upgraded on the web port), counted in "
+                     "chatsrv_connections_active too.", now.websocket_active)
         yield _gauge("chatsrv_users_active", "Logged-in users.", now.users)
         yield _gauge("chatsrv_groups", "Groups that exist, General included.", now.groups)
         yield _labelled(CounterMetricFamily, "chatsrv_messages",

@@ -52,6 +52,7 @@ from .core.model import Group, RemoteUser, User
 from .core.protocol import GENERAL
 from .http import AdminHTTP, Connection
 from .metrics import ChatCounters, ClusterScrape, Scrape, StoreScrape
+from .net import websocket as W
 from .net.acceptor import Acceptor, listening_socket
 from .net.hashing import Hasher
 from .net.session import Session
@@ -209,6 +210,7 @@ class ChatServer:
         self._tls = tls_context(config)
         self._tls_loaded = _tls_files(config)
         self._listener: Acceptor | None = None
+        self._web: Acceptor | None = None
         self.http: AdminHTTP | None = None
         # Local (a no-op) without --redis; a cluster node with it (chatsrv/backplane).
         self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
@@ -249,12 +251,26 @@ class ChatServer:
         listener = Acceptor(listening_socket(self.config.host, self.config.port,
                                              reuse_port=self.config.reuse_port),
                             self._handle, self.admit)
+        web = None
+        if self.config.web_port and self._tls is not None:
+            log.warning("web client not started: HTTPS/WSS on the web port is not "
+                        "implemented yet; put a TLS proxy in front or set --web-port 0")
+        elif self.config.web_port:
+            web = Acceptor(listening_socket(self.config.web_host, self.config.web_port,
+                                            reuse_port=self.config.reuse_port),
+                           self._handle_web, self.admit)
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
             self.http = AdminHTTP(Admin(self), self.scrape, token, host=self.config.http_host,
                                   port=self.config.http_port, timeout=self.config.http_timeout)
             self.http.start()
+        if web is not None:
+            web.start()
+            self._web = web
+            host = self.config.web_host
+            log.info("web client on http://%s:%d/", f"[{host}]" if ":" in host else host,
+                     web.server_port)
         listener.start()
         self._listener = listener
         sweeper = self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
@@ -371,6 +387,8 @@ class ChatServer:
         sdnotify.stopping()
         if self._listener is not None:
             self._listener.close()
+        if self._web is not None:
+            self._web.close()
         if self._sweeper is not None:
             self._sweeper.close()
         sessions = list(self.sessions)
@@ -507,6 +525,73 @@ class ChatServer:
         log.info("connect id=%d peer=%s", session.id, peer)
         return session
 
+    def _handle_web(self, sock, address, key: str | None = None) -> None:
+        """The web port: the static client, or the WebSocket door into a Session."""
+        session = None
+        try:
+            session = self._open_web(sock, address, key)
+            if session is not None:
+                session.run()
+        except OSError:
+            sock.close()
+        except Exception:
+            log.exception("server error on a new web connection")
+            sock.close()
+        finally:
+            if session is None:
+                self._release(key, False)
+
+    def _open_web(self, sock: socket.socket, address, key: str | None) -> Session | None:
+        peer = f"{address[0]}:{address[1]}"
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.keepalive:
+            set_keepalive(sock, self.config.keepalive)
+        io = SockIO(sock)
+        channel = None
+        try:
+            with gevent.Timeout(self.config.login_timeout):
+                got = W.read_head(io.recv)
+                if got is None:
+                    io.close()
+                    return None
+                head = W.Head(got[0])
+                channel = self._web_request(io, head, got[1], peer)
+        except (ValueError, gevent.Timeout) as err:
+            log.info("web request refused peer=%s: %s", peer, err)
+        if channel is None:
+            io.close()
+            return None
+        session = Session(self, io, peer, next(self._ids), channel)
+        channel.send = session.write
+        session.framer = channel.frame_queue
+        channel.on_dead = lambda: session.abort("timeout")
+        channel.start_pings(self.loop)
+        session.addr_key = key
+        self.sessions.add(session)
+        self.connections_total += 1
+        log.info("connect id=%d peer=%s transport=websocket", session.id, peer)
+        return session
+
+    def _web_request(self, io: SockIO, head: W.Head, rest: bytes,
+                     peer: str) -> W.WsChannel | None:
+        """Answer one request; the channel when it was a WebSocket upgrade."""
+        if head.method != "GET":
+            io.sendall(W.response("405 Method Not Allowed", "text/plain; charset=utf-8",
+                                  b"error: GET only\n"))
+        elif head.path == "/ws":
+            if W.origin_allowed(head, self.config.web_origin_list):
+                return W.upgrade(head, rest, io, self.config.max_line)
+            log.info("websocket refused peer=%s: origin %s", peer, head.headers.get("origin"))
+            io.sendall(W.response("403 Forbidden", "text/plain; charset=utf-8",
+                                  b"error: origin not allowed\n"))
+        elif head.path in W.STATIC:
+            name, ctype = W.STATIC[head.path]
+            io.sendall(W.response("200 OK", ctype, W.static_file(name)))
+        else:
+            io.sendall(W.response("404 Not Found", "text/plain; charset=utf-8",
+                                  b"error: not found\n"))
+        return None
+
     def _tls_handshake(self, io: SockIO, peer: str) -> TlsChannel | None:
         assert self._tls is not None  # called only with --tls-cert (a context)
         try:
@@ -600,6 +685,8 @@ class ChatServer:
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
+        if isinstance(session.tls, W.WsChannel):
+            session.tls.stop_pings()
         self._release(session.addr_key, session.user is not None)
         self.disconnects[reason] += 1
         self.closed_bytes_in += session.bytes_in
@@ -627,11 +714,18 @@ class ChatServer:
         for user in dirty:
             queue = user.queue
             if queue:
-                data = b"".join(queue)
-                queue.clear()
                 # Every dirty user has a conn (a session logs out before detaching);
                 # the hot path gets no runtime check, only this narrowing comment.
-                user.conn.write(data)  # type: ignore[union-attr]
+                conn = user.conn
+                framer = conn.framer  # type: ignore[union-attr]
+                if framer is None:
+                    data = b"".join(queue)
+                    queue.clear()
+                    conn.write(data)  # type: ignore[union-attr]
+                else:  # WebSocket: a delivery's frame is made once per fan-out
+                    data = framer(queue)
+                    queue.clear()
+                    conn.write(data, True)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ administration
 
@@ -777,6 +871,7 @@ class ChatServer:
             cluster=self._cluster_scrape(),
             store=(StoreScrape(stalled=bool(self.writer.stalled()), stats=self.writer.stats)
                    if self.store.durable else None),
+            websocket_active=sum(s.framer is not None for s in sessions),
         )
 
     def _cluster_scrape(self) -> ClusterScrape | None:

@@ -24,6 +24,10 @@ from pathlib import Path
 
 import pytest
 
+# Servers a test starts by hand (not with start_server) must not all bind the
+# web port's default, 8080: parallel tests would collide.
+os.environ["CHATSRV_WEB_PORT"] = "0"
+
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 HTTP_ON = re.compile(r"http on (http://\S+:\d+)")
 
@@ -58,7 +62,8 @@ class RunningServer:
 
 def start_server(tmp_path: Path, **options) -> RunningServer:
     """Start a server process; options are `chatsrv serve` flags as keywords."""
-    opts = {"host": "127.0.0.1", "port": 0, "http_port": 0, "data_dir": tmp_path / "data"}
+    opts = {"host": "127.0.0.1", "port": 0, "http_port": 0, "web_port": 0,
+            "data_dir": tmp_path / "data"}
     opts.update(options)
     args = [sys.executable, "-m", "chatsrv", "serve"]
     for key, value in opts.items():

@@ -25,8 +25,10 @@ class Conn(Protocol):
     peer address. None for users without one (tests, internal users)."""
 
     peer: str
+    # WebSocket sessions: frames a queue (one cached frame per delivery); None for TCP.
+    framer: Callable[[list[bytes]], bytes] | None
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, framed: bool = False) -> None: ...
 
 
 Push = Callable[[bytes], None]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,7 @@ class Session:
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes", "login",
+        "silence", "held", "held_bytes", "login", "framer",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -122,6 +123,9 @@ class Session:
         self.raw_send = sock.sock.send
         self.raw_recv_into = sock.sock.recv_into
         self.tls = tls
+        # A WebSocket session's WsChannel.frame_queue: the flush frames its queue
+        # with it (one cached frame per delivery, see websocket.py); None for TCP.
+        self.framer: Callable[[list[bytes]], bytes] | None = None
         # Every line counts, from the username prompt on (PROTOCOL.md v2, Limits).
         rate = server.config.rate_limit
         self.limiter = RateLimiter(rate, time.monotonic) if rate else None
@@ -159,11 +163,12 @@ class Session:
         else:
             self.write(data)
 
-    def write(self, data: bytes) -> None:
-        """Send now if the socket takes it; otherwise queue for the writer greenlet."""
+    def write(self, data: bytes, framed: bool = False) -> None:
+        """Send now if the socket takes it; otherwise queue for the writer greenlet.
+        `framed`: WebSocket frames already (the flush's), not lines."""
         if self.ending is not None and self.ending not in self.server.graceful:
             return
-        if self.tls is not None:
+        if self.tls is not None and not framed:
             data = self.tls.encrypt(data)
         if self.writer is None:
             try:
@@ -301,6 +306,11 @@ class Session:
         assert self.user is not None  # called for a session that logged in
         queue = self.user.queue
         if queue:
+            if self.framer is not None:
+                data = self.framer(queue)
+                queue.clear()
+                self.write(data, True)
+                return
             data = b"".join(queue)
             queue.clear()
             self.write(data)

@@ -293,13 +293,13 @@ def test_cluster_options_are_checked(redis_server, tmp_path):  # noqa: F811
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
     for args, message in cases:
-        result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+        result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0",
                                  "--data-dir", str(tmp_path), *args],
                                 capture_output=True, text=True, timeout=30, env=env)
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
     # Redis not there: a clear one-line error, exit 1.
-    result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+    result = subprocess.run([sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0",
                              "--http-port", "0", "--data-dir", str(tmp_path),
                              "--redis", f"redis://127.0.0.1:{free_port()}/0"],
                             capture_output=True, text=True, timeout=30, env=env)

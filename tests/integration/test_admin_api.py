@@ -237,7 +237,7 @@ def test_configured_token_wins_and_writes_no_file(make_http_server, tmp_path):
 def _serve(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
     return subprocess.run(
-        [sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+        [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0",
          "--data-dir", str(tmp_path / "data"), *args],
         capture_output=True, text=True, timeout=30, env={**clean, **(env or {})},
     )
@@ -281,7 +281,7 @@ def test_token_from_the_environment(tmp_path):
     env = {**clean, "CHATSRV_ADMIN_TOKEN": "env-token", "CHATSRV_HTTP_PORT": str(port)}
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chatsrv", "serve", "--port", "0",
+        proc = subprocess.Popen([sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0",
                                  "--data-dir", str(tmp_path / "data")],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

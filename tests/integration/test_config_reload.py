@@ -87,9 +87,9 @@ def file_der(cert: Path) -> bytes:
 def test_a_bad_config_file_is_refused_at_start_with_one_line(tmp_path, text, message):
     path = tmp_path / "chatsrv.toml"
     path.write_text(text)
-    runs = [(["serve", "--config", str(path), "--port", "0"], None)]
+    runs = [(["serve", "--config", str(path), "--port", "0", "--web-port", "0"], None)]
     if "TOML" in message:  # the other ways in, once (each run is a process start)
-        runs += [(["serve", "--port", "0"], {"CHATSRV_CONFIG": str(path)}),
+        runs += [(["serve", "--port", "0", "--web-port", "0"], {"CHATSRV_CONFIG": str(path)}),
                  (["config", "check", str(path)], None)]
     for args, env in runs:
         result = run(*args, env=env)

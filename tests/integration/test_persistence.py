@@ -41,7 +41,7 @@ def serve_fails(tmp_path: Path, *args: str) -> tuple[int, str]:
     """Run `chatsrv serve` expected to refuse to start: (exit code, all its output)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--http-port", "0", *args],
+        [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0", "--http-port", "0", *args],
         capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path,
     )
     return proc.returncode, proc.stdout + proc.stderr
@@ -391,7 +391,7 @@ def test_store_options_in_help_and_environment(make_server, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSRV_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--http-port", "0"],
+        [sys.executable, "-m", "chatsrv", "serve", "--port", "0", "--web-port", "0", "--http-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         env=dict(env, CHATSRV_STORE="memory", CHATSRV_FLUSH_MS="20"))
     try:

@@ -1,0 +1,322 @@
+"""The WebSocket door (PROTOCOL.md v2, "WebSocket door and the browser client").
+
+The web port speaks just enough HTTP/1.1 for two requests: `GET /` (and the
+client's static files) and `GET /ws`, which wsproto (sans-I/O) upgrades. An
+upgraded connection becomes a `Session` like a TCP one: `WsChannel` plugs in
+where `TlsChannel` does (deframe on read, frame on write), so login, limits,
+the send queue, the rate limit and metrics are the same code.
+
+Frames: each server line is one text frame without its LF; a client text
+frame holds one or more lines separated by LF. A binary message closes with
+1003, a message over --max-line bytes with 1009, invalid UTF-8 with 1007
+(wsproto's own check). The server pings after PING_IDLE_S of silence and
+closes a connection that answered nothing for PING_DEAD_S.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger("chatsrv.web")
+
+HEAD_MAX = 8192  # bytes of an HTTP request head
+PING_IDLE_S = 25.0
+PING_DEAD_S = 60.0
+CHECK_EVERY_S = 5.0
+
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
+
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+SECURITY_HEADERS = (
+    b"Content-Security-Policy: default-src 'self'\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"X-Frame-Options: DENY\r\n"
+    b"Referrer-Policy: no-referrer\r\n"
+    b"Cache-Control: no-cache\r\n"
+)
+
+
+def static_file(name: str) -> bytes:
+    return resources.files("chatsrv.web").joinpath(name).read_bytes()
+
+
+def response(status: str, ctype: str, body: bytes) -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + \
+        SECURITY_HEADERS + b"\r\n" + body
+
+
+def text_frame(line: bytes) -> bytes:
+    """One unmasked server text frame for `line` (UTF-8, no LF)."""
+    n = len(line)
+    if n < 126:
+        return bytes((0x81, n)) + line
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + line
+    return struct.pack("!BBQ", 0x81, 127, n) + line
+
+
+# The last line framed and its frame: a `public` delivery is one bytes object
+# appended to every member's queue, and the flush frames those queues one
+# after another, so one frame serves the whole fan-out.
+_last_line = b""
+_last_frame = b"\x81\x00"
+
+
+def frame_line(line: bytes) -> bytes:
+    """The text frame(s) of one queued item (LF-ended lines), cached by identity."""
+    global _last_line, _last_frame
+    if line is _last_line:
+        return _last_frame
+    body = line[:-1] if line.endswith(b"\n") else line
+    # A queued item is one line, but a few replies queue several lines at once.
+    frame = frame_lines(line) if b"\n" in body else text_frame(body)
+    _last_line, _last_frame = line, frame
+    return frame
+
+
+def frame_lines(data: bytes) -> bytes:
+    """Server lines (each ending in LF) as text frames, one per line."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return b"".join(map(text_frame, lines))
+
+
+class Head:
+    """An HTTP request head: method, path and the headers we look at (lower-case)."""
+
+    __slots__ = ("method", "path", "headers", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        text = raw.decode("latin-1")
+        first, _, rest = text.partition("\r\n")
+        parts = first.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise ValueError("bad request line")
+        self.method, self.path = parts[0], parts[1].split("?", 1)[0]
+        self.headers: dict[str, str] = {}
+        for line in rest.split("\r\n"):
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("bad header")
+            self.headers[name.strip().lower()] = value.strip()
+
+
+def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes] | None:
+    """The request head (up to the blank line, included) and any bytes after it;
+    None when the peer closed or sent more than HEAD_MAX without a blank line."""
+    data = b""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            return data[:end + 4], data[end + 4:]
+        if len(data) > HEAD_MAX:
+            return None
+        chunk = recv(HEAD_MAX)
+        if not chunk:
+            return None
+        data += chunk
+
+
+def origin_allowed(head: Head, allowed: frozenset[str], scheme: str = "http") -> bool:
+    """No Origin (not a browser), the page's own origin, or one of --web-origins."""
+    origin = head.headers.get("origin")
+    if origin is None:
+        return True
+    origin = origin.rstrip("/").lower()
+    host = head.headers.get("host", "").lower()
+    return origin == f"{scheme}://{host}" or origin in allowed
+
+
+class WsChannel:
+    """A WebSocket session's framing, in the place of TlsChannel: `encrypt` frames
+    what the session writes, `decrypt` turns received bytes into lines (LF-ended)
+    for core.framing, `recv` does the same for the blocking login phase.
+
+    Control frames (pong, ping, close) are handed to `send` (the session's write
+    path, so they keep their place in the byte stream); `send` and `close` are
+    set by the server once the session exists."""
+
+    __slots__ = ("ws", "sock", "max_line", "size", "closing", "send", "last_rx", "pinged",
+                 "timer", "on_dead", "out", "partial")
+
+    def __init__(self, ws: WSConnection, sock, max_line: int) -> None:
+        self.ws = ws
+        self.sock = sock
+        self.max_line = max_line
+        self.size = 0  # bytes of the text message being received
+        self.closing = False
+        self.send: Callable[[bytes], None] | None = None
+        self.on_dead: Callable[[], None] | None = None
+        self.last_rx = time.monotonic()
+        self.pinged: float | None = None
+        self.timer: Any = None  # a gevent loop timer (gevent is untyped)
+        self.out: list[bytes] = []  # control frames for the next write
+        self.partial: list[bytes] = []  # the fragments of an unfinished message
+
+    # ---------------------------------------------------------------- output
+
+    def encrypt(self, data: bytes) -> bytes:
+        framed = frame_lines(data) if data else b""
+        if self.out:
+            framed = b"".join(self.out) + framed
+            self.out.clear()
+        return framed
+
+    def frame_queue(self, queue: list[bytes]) -> bytes:
+        """A user's queued lines (each one line, LF-ended) as frames, for the flush."""
+        framed = b"".join(map(frame_line, queue))
+        if self.out:
+            framed = b"".join(self.out) + framed
+            self.out.clear()
+        return framed
+
+    def _control(self, data: bytes) -> None:
+        self.out.append(data)
+        if self.send is not None:
+            self.send(b"")  # the session's write: encrypt puts the frame in order
+        else:
+            self.sock.sendall(b"".join(self.out))
+            self.out.clear()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closing or self.ws.state is not ConnectionState.OPEN:
+            return
+        self.closing = True
+        self._control(self.ws.send(CloseConnection(code=code, reason=reason)))
+
+    # ---------------------------------------------------------------- input
+
+    def decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """The lines that `data` completes (each ended by LF), and whether the
+        connection is over (a close from the peer, or one we sent for bad input)."""
+        self.last_rx = time.monotonic()
+        self.pinged = None
+        if self.closing:
+            return b"", True
+        out: list[bytes] = []
+        try:
+            if data:
+                self.ws.receive_data(data)
+            over = self._events(out)
+        except LocalProtocolError:  # we answered a peer already closing: over
+            over = True
+        return b"".join(out), over
+
+    def _events(self, out: list[bytes]) -> bool:
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                chunk = event.data.encode()
+                self.size += len(chunk)
+                if self.size > self.max_line:
+                    self.close(CLOSE_TOO_BIG, "message too big")
+                    return True
+                # A message's fragments wait here until it is complete (at most
+                # --max-line bytes), so the session never sees half a line.
+                self.partial.append(chunk)
+                if event.message_finished:
+                    out.extend(self.partial)
+                    out.append(b"\n")
+                    self.partial.clear()
+                    self.size = 0
+            elif isinstance(event, BytesMessage):
+                self.close(CLOSE_UNSUPPORTED, "text frames only")
+                return True
+            elif isinstance(event, Ping):
+                self._control(self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    self.closing = True
+                    self._control(self.ws.send(event.response()))
+                else:  # a protocol error wsproto found (1002, 1007 for bad UTF-8)
+                    self.close(event.code, event.reason or "")
+                return True
+        return False
+
+    def recv(self, size: int) -> bytes:
+        """Lines for the login phase (blocking this greenlet); b"" when it is over."""
+        if self.closing:
+            return b""
+        lines, over = self.decrypt(b"")  # frames that came with the handshake
+        if lines or over:
+            return lines
+        while True:
+            data = self.sock.recv(size)
+            if not data:
+                return b""
+            lines, over = self.decrypt(data)
+            if over:
+                return lines  # b"" ends the login; else the next recv returns b""
+            if lines:
+                return lines
+
+    def read_buffered(self) -> bytes:
+        return b""
+
+    # ---------------------------------------------------------------- pings
+
+    def start_pings(self, loop) -> None:
+        timer = self.timer = loop.timer(CHECK_EVERY_S, CHECK_EVERY_S)
+        timer.start(self._check)
+
+    def stop_pings(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
+
+    def _check(self) -> None:
+        if self.closing or self.ws.state is not ConnectionState.OPEN:
+            return
+        now = time.monotonic()
+        if self.pinged is not None:
+            if now - self.pinged >= PING_DEAD_S - PING_IDLE_S and now - self.last_rx >= PING_DEAD_S:
+                self.stop_pings()
+                if self.on_dead is not None:
+                    self.on_dead()
+        elif now - self.last_rx >= PING_IDLE_S:
+            self.pinged = now
+            self._control(self.ws.send(Ping(payload=b"chatsrv")))
+
+
+def upgrade(head: Head, rest: bytes, sock, max_line: int) -> WsChannel | None:
+    """Answer the handshake (101) and return the channel, or None after a 400."""
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        ws.receive_data(head.raw + rest)  # wsproto keeps `rest` for after the upgrade
+        events = list(ws.events())
+    except RemoteProtocolError:
+        events = []
+    if not events or not isinstance(events[0], Request):
+        sock.sendall(response("400 Bad Request", "text/plain; charset=utf-8",
+                              b"error: not a WebSocket handshake\n"))
+        return None
+    sock.sendall(ws.send(AcceptConnection()))
+    return WsChannel(ws, sock, max_line)
