@@ -175,7 +175,8 @@ class ChatServer:
                        history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
                        durable=self.store.durable, max_groups=config.max_groups,
-                       create_rate=create_rate, history_memory=config.history_memory_bytes)
+                       create_rate=create_rate, history_memory=config.history_memory_bytes,
+                       group_creation=config.group_creation)
         self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
                                   keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()

@@ -67,6 +67,9 @@ def _need_cluster(hub: Hub) -> None:
 # `hub.commits` right after this call and the writer answers (see commits.py).
 def create(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _need_cluster(hub)
+    policy = hub.group_creation
+    if policy != "all" and (policy == "admins" or user.account is None):
+        raise ProtocolError(P.ONLY_ADMINS_CREATE if policy == "admins" else P.ONLY_ACCOUNTS_CREATE)
     commits = hub.commits
     name = commits.check(args[0])
     limiter = hub.create_rate

@@ -96,8 +96,11 @@ class Hub:
         create_rate: CreateRate | None = None,
         history_memory: int = 256 << 20,
         accounts: AccountBook | None = None,
+        group_creation: str = "all",
     ) -> None:
         self.clock = clock
+        # `--group-creation`: who may `create` (all, accounts, admins).
+        self.group_creation = group_creation
         # PROTOCOL.md v2 Accounts; None is `--accounts off`. What needs a hash or
         # the disk (`register`, `password`) waits in `account_work` for the transport.
         self.accounts = accounts if accounts is not None and accounts.enabled else None

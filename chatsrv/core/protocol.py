@@ -350,6 +350,9 @@ def token_line(token: str) -> str:
 
 # ---------------------------------------------------------------- group roles (v2)
 
+ONLY_ACCOUNTS_CREATE = "error: not allowed: only accounts can create groups"
+ONLY_ADMINS_CREATE = "error: not allowed: only administrators can create groups"
+
 SETTINGS: dict[str, tuple[str, str]] = {
     "join": ("open", "invite"),
     "post": ("all", "moderators"),

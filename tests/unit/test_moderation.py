@@ -278,3 +278,17 @@ def test_mod_and_invite_without_accounts(clock):
     assert ask(alice, "info room").startswith("info: room owner - ")
     assert ask(alice, "set room join invite") == (
         "error: not allowed: only the owner of room can do that")
+
+
+@pytest.mark.parametrize(("policy", "guest", "account"), [
+    ("all", "ok: created group g1", "ok: created group g2"),
+    ("accounts", "error: not allowed: only accounts can create groups", "ok: created group g2"),
+    ("admins", "error: not allowed: only administrators can create groups",
+     "error: not allowed: only administrators can create groups"),
+])
+def test_group_creation_policy(clock, policy, guest, account):
+    book = AccountBook("optional", bytes(32), 86400.0, [Account("Ann", "$argon2id$x", 0.0)])
+    hub = Hub(clock=clock, accounts=book, group_creation=policy)
+    gus, ann = chat(hub, "gus"), chat(hub, "Ann")
+    assert ask(gus, "create g1") == guest
+    assert ask(ann, "create g2") == account
