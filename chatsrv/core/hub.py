@@ -49,6 +49,7 @@ from itertools import islice
 from operator import itemgetter
 
 from . import events as E
+from . import moderation
 from . import protocol as P
 from .accounts import AccountBook, AccountWork
 from .commands import COMMANDS, WORDS, parse
@@ -105,6 +106,9 @@ class Hub:
         # the disk (`register`, `password`) waits in `account_work` for the transport.
         self.accounts = accounts if accounts is not None and accounts.enabled else None
         self.account_work: list[AccountWork] = []
+        # Group roles changed with a durable store: (actor, group, reply), the reply
+        # queued once the group's roles are stored (the transport's job).
+        self.roles_work: list[tuple[User, Group, str]] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
@@ -319,6 +323,17 @@ class Hub:
         self.history_bytes += sum(map(entry_size, kept))
         self.history_order.extend([group] * len(kept))
         return group
+
+    def restore_roles(self, name: str, data: str) -> None:
+        """Put back a group's roles and moderation the store kept (start-up)."""
+        group = self.groups.get(P.name_key(P.normalize(name)))
+        if group is None:
+            return
+        if group.private:
+            self.private_groups -= 1
+        moderation.restore(group, data)
+        if group.private:
+            self.private_groups += 1
 
     def restored(self) -> None:
         """After `restore_group` for every kept group: evict by age, not by group."""

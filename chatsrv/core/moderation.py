@@ -8,11 +8,15 @@ booleans for the settings. `join`, `public` and `history` check it with dict
 lookups; `public` pays one attribute test (`Group.guarded`) unless posting is
 restricted or someone is muted.
 
-Memory only so far: nothing here reaches the store or the backplane yet.
+With a durable store a change is acknowledged once stored: the handler leaves
+(user, group, reply) in `Hub.roles_work`, the transport has the group's
+`snapshot` written (SQLite `group_roles`) and then queues the reply; a restart
+puts it back with `restore`. Not in the cluster yet: nothing reaches Redis.
 """
 
 from __future__ import annotations
 
+import json
 from math import inf
 from typing import TYPE_CHECKING
 
@@ -22,6 +26,41 @@ from .model import Group, User
 
 if TYPE_CHECKING:
     from .hub import Hub
+
+
+def _done(hub: Hub, user: User, group: Group, line: str) -> None:
+    """A change is made: reply now, or once the store has it (`hub.durable`)."""
+    if hub.durable:
+        hub.roles_work.append((user, group, line))
+    else:
+        hub.reply(user, line)
+
+
+def snapshot(group: Group) -> str:
+    """The group's roles and moderation as one JSON document (what the store keeps)."""
+    return json.dumps({
+        "owner": group.owner, "mods": group.mods, "invited": group.invited,
+        "banned": group.banned,
+        "muted": {key: (None if until == inf else until) for key, until in group.muted.items()},
+        "settings": group.settings(),
+    }, ensure_ascii=False, sort_keys=True)
+
+
+def restore(group: Group, data: str) -> None:
+    """Put back what `snapshot` wrote (start-up)."""
+    doc = json.loads(data)
+    group.owner = doc.get("owner")
+    group.mods = dict(doc.get("mods", {}))
+    group.invited = dict(doc.get("invited", {}))
+    group.banned = dict(doc.get("banned", {}))
+    group.muted = {key: inf if until is None else float(until)
+                   for key, until in doc.get("muted", {}).items()}
+    join, post, history, visibility = doc.get("settings", ["open", "all", "shared", "public"])
+    group.invite_only = join == "invite"
+    group.mods_post = post == "moderators"
+    group.joined_history = history == "joined"
+    group.private = visibility == "private"
+    group.reguard()
 
 
 def _target(hub: Hub, name: str) -> tuple[str, str, User | None]:
@@ -99,7 +138,7 @@ def set_(hub: Hub, user: User, args: tuple[str, ...]) -> None:
             hub.private_groups += 1 if on else -1
         group.private = on
     group.reguard()
-    hub.reply(user, P.set_line(key, value, group.name))
+    _done(hub, user, group, P.set_line(key, value, group.name))
 
 
 # mod <group> <user> / unmod <group> <user>
@@ -109,7 +148,7 @@ def mod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     if not _has_account(hub, key):
         raise ProtocolError(P.no_account(shown))
     group.mods[key] = shown
-    hub.reply(user, P.modded(shown, group.name))
+    _done(hub, user, group, P.modded(shown, group.name))
     if online is not None and online is not user:
         hub.reply(online, P.modded_notice(user.name, group.name))
 
@@ -118,7 +157,7 @@ def unmod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group = _owned(hub, user, args[0])
     key, shown, _ = _target(hub, args[1])
     group.mods.pop(key, None)
-    hub.reply(user, P.unmodded(shown, group.name))
+    _done(hub, user, group, P.unmodded(shown, group.name))
 
 
 # invite <group> <user> / uninvite <group> <user>
@@ -127,7 +166,7 @@ def invite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     if not _has_account(hub, key):
         raise ProtocolError(P.no_account(shown))
     group.invited[key] = shown
-    hub.reply(user, P.invited(shown, group.name))
+    _done(hub, user, group, P.invited(shown, group.name))
     if online is not None and online is not user:
         hub.reply(online, P.invited_notice(user.name, group.name))
 
@@ -135,7 +174,7 @@ def invite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
 def uninvite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.invited.pop(key, None)
-    hub.reply(user, P.uninvited(shown, group.name))
+    _done(hub, user, group, P.uninvited(shown, group.name))
 
 
 def _remove(hub: Hub, actor: User, group: Group, victim: User, reason: str | None) -> None:
@@ -161,7 +200,7 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
 def ban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.banned[key] = shown
-    hub.reply(user, P.banned(shown, group.name))
+    _done(hub, user, group, P.banned(shown, group.name))
     victim = group.members.get(key)
     if victim is not None:
         _remove(hub, user, group, victim, args[2] if len(args) > 2 else None)
@@ -170,7 +209,7 @@ def ban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
 def unban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.banned.pop(key, None)
-    hub.reply(user, P.unbanned(shown, group.name))
+    _done(hub, user, group, P.unbanned(shown, group.name))
 
 
 # mute <group> <user> [minutes] / unmute <group> <user>
@@ -179,7 +218,7 @@ def mute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     minutes = P.parse_minutes(args[2]) if len(args) > 2 else None
     group.muted[key] = hub.clock() + minutes * 60 if minutes is not None else inf
     group.reguard()
-    hub.reply(user, P.muted(shown, group.name, minutes))
+    _done(hub, user, group, P.muted(shown, group.name, minutes))
     if online is not None and online is not user:
         hub.reply(online, P.muted_notice(user.name, group.name, minutes))
 
@@ -188,7 +227,7 @@ def unmute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, online = _moderated(hub, user, args[0], args[1])
     group.muted.pop(key, None)
     group.reguard()
-    hub.reply(user, P.unmuted(shown, group.name))
+    _done(hub, user, group, P.unmuted(shown, group.name))
     if online is not None and online is not user:
         hub.reply(online, P.unmuted_notice(user.name, group.name))
 

@@ -487,6 +487,11 @@ def invalid_value(key: str, value: str) -> str:
     return f"error: invalid value for {key}: {value}"
 
 
+def roles_not_stored(group: str) -> str:
+    """The store failed: the change holds on this node until a restart."""
+    return f"error: not stored, storage failed: {group}"
+
+
 def parse_minutes(text: str) -> int:
     """A mute's minutes: ASCII digits only, 1..10080."""
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MINUTES_MAX:

@@ -4,6 +4,7 @@ covered without sockets in tests/unit/test_moderation.py."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -99,3 +100,44 @@ def test_classroom_flow(school):
     until(stud, "error: not allowed: you are banned from class")
     stud.sync()
     assert server.stop() == 0
+
+
+def test_roles_survive_a_restart_and_kill_9(school, make_server, connect):
+    server, enter = school
+    teach, ta, stud, eve = (enter(n) for n in ("teach", "ta", "stud", "eve"))
+    teach.send("create class")
+    until(teach, "ok: created group class")
+    for line, reply in (("set class join invite", "ok: set join invite in class"),
+                        ("set class visibility private", "ok: set visibility private in class"),
+                        ("mod class ta", "ok: ta is a moderator of class"),
+                        ("invite class stud", "ok: invited stud to class")):
+        teach.send(line)
+        until(teach, reply)
+    stud.send("join class")
+    until(stud, "ok: joined group class")
+    ta.send("mute class stud")
+    until(ta, "ok: muted stud in class")
+    ta.send("ban class eve")
+    until(ta, "ok: banned eve from class")  # acknowledged: stored
+    server.stop(signal.SIGKILL)
+    server = make_server(rate_limit=0, accounts="optional")
+    stud, eve, ta = (login_as(server, connect, n) for n in ("stud", "eve", "ta"))
+    stud.send("join class")
+    until(stud, "ok: joined group class")  # still invited
+    stud.send("public class am I heard?")
+    until(stud, "error: not allowed: you are muted in class")
+    eve.send("join class")
+    until(eve, "error: no such group: class")  # still private
+    ta.send("info class")
+    until(ta, "info: class owner teach moderators ta members 1 join invite post all "
+              "history shared visibility private")
+    ta.send("unban class eve")
+    until(ta, "ok: unbanned eve from class")
+
+
+def login_as(server, connect, name: str):
+    client = connect(server)
+    client.expect("enter a username:")
+    client.send(name if name == "eve" else f"{name} {name}-password")
+    client.expect(f"connected! welcome {name}", "you joined the group General")
+    return client

@@ -8,8 +8,10 @@ import re
 import pytest
 from hubkit import Chat, FakeClock
 
+from chatsrv.core import moderation as M
 from chatsrv.core.accounts import Account, AccountBook
 from chatsrv.core.hub import Hub
+from chatsrv.core.model import Group
 
 ACCOUNTS = ("Owner", "Mo", "Mia", "Ann", "Ben")
 
@@ -292,3 +294,23 @@ def test_group_creation_policy(clock, policy, guest, account):
     gus, ann = chat(hub, "gus"), chat(hub, "Ann")
     assert ask(gus, "create g1") == guest
     assert ask(ann, "create g2") == account
+
+
+def test_snapshot_and_restore_round_trip(hub, room, clock):
+    owner, mo, ann, gus = room
+    for line in ("set class join invite", "set class post moderators",
+                 "set class history joined", "set class visibility private",
+                 "invite class mia", "ban class ghost", "mute class gus 5", "mute class ann"):
+        assert ask(owner, line).startswith("ok: ")
+    group = hub.groups["class"]
+    data = M.snapshot(group)
+    fresh = Group("class", "Owner", 0.0, 10)
+    M.restore(fresh, data)
+    assert M.snapshot(fresh) == data
+    assert fresh.settings() == ["invite", "moderators", "joined", "private"]
+    assert fresh.guarded and fresh.owner == "owner" and fresh.mods == {"mo": "Mo"}
+    assert fresh.muted["gus"] == clock.now + 300 and fresh.muted["ann"] == float("inf")
+    only_owner = Group("x", "", 0.0, 10)
+    M.restore(only_owner, '{"owner": "owner"}')  # what a create stores
+    assert only_owner.owner == "owner" and only_owner.settings() == [
+        "open", "all", "shared", "public"] and not only_owner.guarded
