@@ -81,7 +81,16 @@ def _has_account(hub: Hub, key: str) -> bool:
     return book is not None and key in book.accounts
 
 
+def _single_node(hub: Hub) -> None:
+    """Roles live in this node's memory and SQLite only: in a cluster another node
+    would not enforce them, so no change is accepted there (rather than a group
+    that looks protected and is not). Cluster support is the rest of issue 14."""
+    if hub.outbox is not None:
+        raise ProtocolError(P.ROLES_NOT_IN_CLUSTER)
+
+
 def _owned(hub: Hub, user: User, name: str) -> Group:
+    _single_node(hub)
     group = hub.visible_group(user, name)
     if group.rank(user.account) < 2:
         raise ProtocolError(P.only_owner(group.name))
@@ -92,6 +101,7 @@ def _moderated(hub: Hub, user: User, name: str, target: str) -> tuple[Group, str
                                                                       User | None]:
     """The group a moderation command acts on and its target, after the checks
     every such command shares (who may, and a moderator acting on a peer)."""
+    _single_node(hub)
     group = hub.visible_group(user, name)
     rank = group.rank(user.account)
     if rank < 1:
