@@ -181,6 +181,11 @@ def serve(
         help="off (no accounts, version 1), optional (guests, and accounts need their "
         "password) or required (every login needs an account made by an administrator).",
     ),
+    group_creation: str = typer.Option(
+        D.group_creation, envvar=_env("group_creation"),
+        help="Who may `create` groups: all, accounts (users logged in to an account) or "
+        "admins (only the admin API).",
+    ),
     token_ttl: float = typer.Option(
         D.token_ttl, envvar=_env("token_ttl"),
         help="Seconds a login token from the `token` command stays valid.",

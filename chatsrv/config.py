@@ -60,6 +60,7 @@ class Config:
     shutdown_grace: float = 5.0
     keepalive: float = 120.0
     accounts: str = "optional"  # off | optional | required (PROTOCOL.md v2, Accounts)
+    group_creation: str = "all"  # all | accounts | admins (PROTOCOL.md v2, Group roles)
     token_ttl: float = 2592000.0  # seconds a `token` stays valid (30 days)
 
     def __post_init__(self) -> None:
@@ -87,6 +88,8 @@ class Config:
             (self.shutdown_grace >= 0, "--shutdown-grace must be >= 0"),
             (self.accounts in ("off", "optional", "required"),
              "--accounts must be off, optional or required"),
+            (self.group_creation in ("all", "accounts", "admins"),
+             "--group-creation must be all, accounts or admins"),
             (60 <= self.token_ttl <= 10 * 365 * 86400,
              "--token-ttl must be 60 seconds .. 10 years"),
             (self.keepalive == 0 or 2 <= self.keepalive <= 86400,

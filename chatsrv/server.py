@@ -34,6 +34,7 @@ from .auth import load_or_create_token
 from .backplane import open_backplane
 from .config import Config, ConfigError
 from .configfile import Resolved, check_tls
+from .core import moderation
 from .core import protocol as P
 from .core.accounts import Account, AccountBook, AccountWork, Register
 from .core.createrate import CreateRate
@@ -176,7 +177,8 @@ class ChatServer:
                        history=config.history, notice_limit=config.notice_limit,
                        timer=time.perf_counter if config.http_port else None,
                        durable=self.store.durable, max_groups=config.max_groups,
-                       create_rate=create_rate, history_memory=config.history_memory_bytes)
+                       create_rate=create_rate, history_memory=config.history_memory_bytes,
+                       group_creation=config.group_creation)
         self.writer = StoreWriter(self.store, self.hub, flush_ms=config.flush_ms,
                                   keep=config.history, on_reply=self.schedule_flush)
         self.sessions: set[Session] = set()
@@ -231,6 +233,8 @@ class ChatServer:
             record = group.record
             hub.restore_group(record.name, record.created_by, record.created_at,
                               group.history, group.total)
+        for name, data in self.store.load_roles():
+            hub.restore_roles(name, data)
         hub.restored()
         self.writer.ends = {group.key: group.seq for group in hub.groups.values()}
         log.info("store %s: %d groups, %d history messages loaded (%.1f MiB of "
@@ -650,6 +654,24 @@ class ChatServer:
                 reply = str(err)
             if self.hub.users.get(user.key) is user:  # not gone meanwhile
                 self.hub.reply(user, reply)
+        self.schedule_flush()
+
+    def save_roles(self, work: list[tuple[User, Group, str]]) -> None:
+        """Store the roles of the groups `work` changed (a session's greenlet waits
+        on the writer thread; nobody else does), then queue each reply."""
+        saved: dict[Group, bool] = {}
+        for user, group, reply in work:
+            ok = saved.get(group)
+            if ok is None:
+                try:
+                    self.writer.call(self.store.put_roles, group.name, moderation.snapshot(group))
+                    ok = True
+                except Exception as err:  # the store's failures: said, never fatal
+                    log.error("storing the roles of group %s failed: %s", group.name, err)
+                    ok = False
+                saved[group] = ok
+            if self.hub.users.get(user.key) is user:  # not gone meanwhile
+                self.hub.reply(user, reply if ok else P.roles_not_stored(group.name))
         self.schedule_flush()
 
     def login_result(self, result: str) -> None:

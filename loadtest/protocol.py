@@ -25,6 +25,7 @@ class Kind(str, Enum):
     ERROR = "error"
     GROUPS = "groups"
     USERS = "users"
+    INFO = "info"  # info: <group> owner ... (group roles)
     PUBLIC = "public"  # [public group <g> from <u>] <text>
     PRIVATE = "private"  # [private from <u>] <text>
     HISTORY = "history"  # [history group <g> at <t> from <u>] <text>
@@ -92,6 +93,10 @@ def _ok(line: str, rest: str) -> Line:
     return Line(Kind.OK, line, text=rest)
 
 
+def _info(line: str, rest: str) -> Line:
+    return Line(Kind.INFO, line, text=rest, group=rest.split(" ", 1)[0])
+
+
 def _error(line: str, rest: str) -> Line:
     return Line(Kind.ERROR, line, text=rest)
 
@@ -141,6 +146,7 @@ _PREFIXES = (
     ("error: ", _error),
     ("groups: ", _listing(Kind.GROUPS)),
     ("users: ", _listing(Kind.USERS)),
+    ("info: ", _info),
     ("[public group ", _delivery(Kind.PUBLIC, _PUBLIC)),
     ("[private from ", _delivery(Kind.PRIVATE, _PRIVATE)),
     ("[history group ", _delivery(Kind.HISTORY, _HISTORY)),

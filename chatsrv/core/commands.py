@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from . import accounts as A
 from . import events as E
+from . import moderation as M
 from . import protocol as P
 from .commits import HistoryQuery, JoinQuery, StoredQuery
 from .errors import ProtocolError
@@ -66,12 +67,16 @@ def _need_cluster(hub: Hub) -> None:
 # `hub.commits` right after this call and the writer answers (see commits.py).
 def create(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _need_cluster(hub)
+    policy = hub.group_creation
+    if policy != "all" and (policy == "admins" or user.account is None):
+        raise ProtocolError(P.ONLY_ADMINS_CREATE if policy == "admins" else P.ONLY_ACCOUNTS_CREATE)
     commits = hub.commits
     name = commits.check(args[0])
     limiter = hub.create_rate
     if limiter is not None and user.addr is not None and not limiter.take(user.addr):
         raise ProtocolError(P.CREATING_TOO_FAST)
     group = commits.reserve(name, created_by=user.name, checked=True)
+    group.owner = user.account  # a guest's group has no owner
     if hub.durable:
         commits.uncommitted.append((user, group))
     else:
@@ -80,9 +85,10 @@ def create(hub: Hub, user: User, args: tuple[str, ...]) -> None:
 
 # join <group>
 def join(hub: Hub, user: User, args: tuple[str, ...]) -> None:
-    group = hub.find_group(args[0])
+    group = hub.visible_group(user, args[0])
     if group.key in user.groups:
         raise ProtocolError(P.already_member(group.name))
+    M.check_join(user, group)
     if hub.outbox is not None and not group.members:
         # The first member here: the reply waits until this node hears the
         # group's channel, so nothing sent after it is missed (see backplane).
@@ -103,7 +109,7 @@ def leave(hub: Hub, user: User, args: tuple[str, ...]) -> None:
 # groups
 def groups(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _need_cluster(hub)
-    hub.send_line(user, hub.groups_line())
+    hub.send_line(user, hub.groups_for(user))
 
 
 # users
@@ -120,6 +126,8 @@ def public(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     text = args[1]
     if P.has_control(text):
         raise ProtocolError(P.CONTROL_CHARS)
+    if group.guarded:  # posting restricted, or someone muted
+        M.check_post(hub, user, group)
     if hub.held_full:
         raise ProtocolError(P.CLUSTER_UNAVAILABLE)
     data = P.encode(P.public_prefix(group.name, user.name) + text)
@@ -187,8 +195,15 @@ def exit_(hub: Hub, user: User, args: tuple[str, ...]) -> bool:
 def history(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     if not hub.history_size:
         raise ProtocolError(P.HISTORY_DISABLED)
-    group = hub.member_group(user, args[0])
+    group = hub.visible_group(user, args[0])
+    if group.key not in user.groups:
+        raise ProtocolError(P.not_a_member(group.name))
     count = P.parse_count(args[1] if len(args) > 1 else None)
+    if group.joined_history:  # only what was sent since this member's join
+        count = min(count, group.seq - group.since.get(user.key, 0))
+        if not count:
+            hub.reply(user, P.end_of_history(group.name))
+            return
     if hub.outbox is not None:  # the cluster's history is in Redis: read it there
         _need_cluster(hub)
         hub.commits.queries.append(HistoryQuery(user, group, count))
@@ -269,6 +284,18 @@ COMMANDS: dict[str, Command] = {command.word: command for command in (
     Command("register", P.Spec("register <password>", 1, 1), register),
     Command("password", P.Spec("password <old> <new>", 2, 2), password),
     Command("token", P.Spec("token", 0, 0), token),
+    # Group roles and moderation (PROTOCOL.md v2), handlers in moderation.py.
+    Command("info", P.Spec("info <group>", 1, 1), M.info),
+    Command("set", P.Spec("set <group> <key> <value>", 3, 3), M.set_),
+    Command("mod", P.Spec("mod <group> <user>", 2, 2), M.mod),
+    Command("unmod", P.Spec("unmod <group> <user>", 2, 2), M.unmod),
+    Command("invite", P.Spec("invite <group> <user>", 2, 2), M.invite),
+    Command("uninvite", P.Spec("uninvite <group> <user>", 2, 2), M.uninvite),
+    Command("kick", P.Spec("kick <group> <user> [reason]", 2, 3, text=True), M.kick),
+    Command("ban", P.Spec("ban <group> <user> [reason]", 2, 3, text=True), M.ban),
+    Command("unban", P.Spec("unban <group> <user>", 2, 2), M.unban),
+    Command("mute", P.Spec("mute <group> <user> [minutes]", 2, 3), M.mute),
+    Command("unmute", P.Spec("unmute <group> <user>", 2, 2), M.unmute),
 )}
 """Every command, in the order `help` lists them."""
 

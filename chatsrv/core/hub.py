@@ -49,6 +49,7 @@ from itertools import islice
 from operator import itemgetter
 
 from . import events as E
+from . import moderation
 from . import protocol as P
 from .accounts import AccountBook, AccountWork
 from .commands import COMMANDS, WORDS, parse
@@ -96,12 +97,18 @@ class Hub:
         create_rate: CreateRate | None = None,
         history_memory: int = 256 << 20,
         accounts: AccountBook | None = None,
+        group_creation: str = "all",
     ) -> None:
         self.clock = clock
+        # `--group-creation`: who may `create` (all, accounts, admins).
+        self.group_creation = group_creation
         # PROTOCOL.md v2 Accounts; None is `--accounts off`. What needs a hash or
         # the disk (`register`, `password`) waits in `account_work` for the transport.
         self.accounts = accounts if accounts is not None and accounts.enabled else None
         self.account_work: list[AccountWork] = []
+        # Group roles changed with a durable store: (actor, group, reply), the reply
+        # queued once the group's roles are stored (the transport's job).
+        self.roles_work: list[tuple[User, Group, str]] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
@@ -121,6 +128,8 @@ class Hub:
         self.users: dict[str, User] = {}
         self.groups: dict[str, Group] = {}
         self._groups_line: bytes | None = None  # the encoded `groups` reply, until a change
+        # Groups with `visibility private`: while none, `groups` is the cached line.
+        self.private_groups = 0
         self.dirty: set[User] = set()
         # What the transport must persist (only with a durable store).
         self.journal: list[Group] | None = [] if durable and history else None
@@ -284,6 +293,8 @@ class Hub:
         group.clear()
         self.mirror.group_removed(group)
         del self.groups[gkey]
+        if group.private:
+            self.private_groups -= 1
         self.forget_group_skel(group)
         self._groups_line = None
         if group.unsaved and self.journal is not None:  # its history goes with it
@@ -312,6 +323,17 @@ class Hub:
         self.history_bytes += sum(map(entry_size, kept))
         self.history_order.extend([group] * len(kept))
         return group
+
+    def restore_roles(self, name: str, data: str) -> None:
+        """Put back a group's roles and moderation the store kept (start-up)."""
+        group = self.groups.get(P.name_key(P.normalize(name)))
+        if group is None:
+            return
+        if group.private:
+            self.private_groups -= 1
+        moderation.restore(group, data)
+        if group.private:
+            self.private_groups += 1
 
     def restored(self) -> None:
         """After `restore_group` for every kept group: evict by age, not by group."""
@@ -438,6 +460,20 @@ class Hub:
             raise ProtocolError(P.no_such_group(name))
         return group
 
+    def visible_group(self, user: User, name: str) -> Group:
+        """`find_group`, but a private group `user` may not see does not exist."""
+        group = self.find_group(name)
+        if group.private and not group.sees(user):
+            raise ProtocolError(P.no_such_group(name))
+        return group
+
+    def groups_for(self, user: User) -> bytes:
+        """The `groups` reply for `user`: private groups only where it sees them."""
+        if not self.private_groups:
+            return self.groups_line()
+        return P.encode(P.listing(
+            "groups", [g.name for g in self.groups.values() if not g.private or g.sees(user)]))
+
     def member_group(self, user: User, name: str) -> Group:
         group = self.find_group(name)
         if group.key not in user.groups:
@@ -447,6 +483,7 @@ class Hub:
     def join_group(self, user: User, group: Group, publish: bool = True) -> None:
         group.add(user)
         user.groups[group.key] = group
+        group.since[user.key] = group.seq  # for `history joined`
         self.notice(group, P.joined_notice(user.name, group.name), user)
         if self.outbox is not None and publish:
             self.outbox.append(E.Join(user, group))
@@ -455,6 +492,10 @@ class Hub:
     def leave_group(self, user: User, group: Group) -> None:
         # Notices go to the remaining members; the crowd size counts the leaver.
         self.notice(group, P.left_notice(user.name, group.name), user)
+        self.drop_member(user, group)
+
+    def drop_member(self, user: User, group: Group) -> None:
+        """`user` is out of `group`, without a notice (`leave_group`, `kick`, `ban`)."""
         group.remove(user)
         del user.groups[group.key]
         if self.outbox is not None:

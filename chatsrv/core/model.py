@@ -106,6 +106,8 @@ class Group:
     __slots__ = (
         "name", "key", "skel", "members", "created_by", "created_at", "history", "unsaved",
         "_pushes", "remote", "seq", "pending", "skip",
+        "owner", "mods", "invited", "banned", "muted", "since",
+        "invite_only", "mods_post", "joined_history", "private", "guarded",
     )
 
     def __init__(self, name: str, created_by: str, created_at: float, history: int) -> None:
@@ -127,6 +129,22 @@ class Group:
         self._pushes: list[Push] | None = None
         # Cluster mode: members on other nodes, key -> display name (see `RemoteUser`).
         self.remote: dict[str, str] = {}
+        # Roles and moderation (PROTOCOL.md v2). Every check is a lookup in one of
+        # these, keyed by name_key (an account's key is the same key): never a
+        # walk over members.
+        self.owner: str | None = None  # the creating account's key; None: no owner
+        self.mods: dict[str, str] = {}  # key -> name as first written
+        self.invited: dict[str, str] = {}
+        self.banned: dict[str, str] = {}
+        self.muted: dict[str, float] = {}  # key -> until (clock seconds; inf: until unmute)
+        # `history joined`: member key -> `seq` at the member's current join.
+        self.since: dict[str, int] = {}
+        self.invite_only = False  # join invite
+        self.mods_post = False  # post moderators
+        self.joined_history = False  # history joined
+        self.private = False  # visibility private
+        # `public`'s one test: True when posting is restricted or someone is muted.
+        self.guarded = False
 
     def add(self, user: User) -> None:
         self.members[user.key] = user
@@ -137,11 +155,13 @@ class Group:
 
     def remove(self, user: User) -> None:
         del self.members[user.key]
+        self.since.pop(user.key, None)
         self._pushes = None
 
     def clear(self) -> None:
         """No local member left (the group was deleted)."""
         self.members.clear()
+        self.since.clear()
         self._pushes = None
 
     def size(self) -> int:
@@ -153,3 +173,31 @@ class Group:
         if self._pushes is None:
             self._pushes = list(map(_PUSH, self.members.values()))
         return self._pushes
+
+    def settings(self) -> list[str]:
+        """The four settings' values, in PROTOCOL.md's order."""
+        return [
+            "invite" if self.invite_only else "open",
+            "moderators" if self.mods_post else "all",
+            "joined" if self.joined_history else "shared",
+            "private" if self.private else "public",
+        ]
+
+    def reguard(self) -> None:
+        self.guarded = self.mods_post or bool(self.muted)
+
+    def rank(self, account: str | None) -> int:
+        """2: the owner, 1: a moderator, 0: anyone else (guests included)."""
+        if account is None:
+            return 0
+        if account == self.owner:
+            return 2
+        return 1 if account in self.mods else 0
+
+    def sees(self, user: User) -> bool:
+        """Whether `user` may know a private group exists."""
+        if not self.private:
+            return True
+        key = user.key
+        return (key in self.members or key in self.invited
+                or self.rank(user.account) > 0)

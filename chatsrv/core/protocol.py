@@ -98,10 +98,20 @@ def parse_args(spec: Spec, rest: str) -> tuple[str, ...]:
     """The arguments of a command (`rest`: the line after its word, without the
     separators after the word), checked against its spec."""
     if spec.text:
-        target, message = split_word(rest)
-        if not target or not message:
+        if spec.max_args == 2:  # public, private: the hot path
+            target, message = split_word(rest)
+            if not target or not message:
+                raise ProtocolError(usage(spec))
+            return (target, message)
+        words: list[str] = []
+        while rest and len(words) < spec.max_args - 1:
+            word, rest = split_word(rest)
+            words.append(word)
+        if rest:
+            words.append(rest)
+        if len(words) < spec.min_args:
             raise ProtocolError(usage(spec))
-        return (target, message)
+        return tuple(words)
     rest = rest.rstrip(SEPARATORS)
     args = tuple(_SEP_RUN.split(rest)) if rest else ()
     if not spec.min_args <= len(args) <= spec.max_args:
@@ -291,6 +301,7 @@ LINE_KINDS = (
     "error: ",
     "groups: ",
     "users: ",
+    "info: ",
     "[public group ",
     "[private from ",
     "[history group ",
@@ -335,3 +346,157 @@ def registered_line(name: str) -> str:
 
 def token_line(token: str) -> str:
     return f"ok: token {token}"
+
+
+# ---------------------------------------------------------------- group roles (v2)
+
+ONLY_ACCOUNTS_CREATE = "error: not allowed: only accounts can create groups"
+ONLY_ADMINS_CREATE = "error: not allowed: only administrators can create groups"
+
+SETTINGS: dict[str, tuple[str, str]] = {
+    "join": ("open", "invite"),
+    "post": ("all", "moderators"),
+    "history": ("shared", "joined"),
+    "visibility": ("public", "private"),
+}
+"""Each setting's values, the default first (PROTOCOL.md v2 Group roles)."""
+
+MINUTES_MAX = 10080
+
+
+def info_line(group: str, owner: str | None, moderators: list[str], members: int,
+              settings: list[str]) -> str:
+    mods = ",".join(moderators) or "-"
+    values = " ".join(f"{key} {value}" for key, value in zip(SETTINGS, settings, strict=True))
+    return f"info: {group} owner {owner or '-'} moderators {mods} members {members} {values}"
+
+
+def set_line(key: str, value: str, group: str) -> str:
+    return f"ok: set {key} {value} in {group}"
+
+
+def modded(user: str, group: str) -> str:
+    return f"ok: {user} is a moderator of {group}"
+
+
+def unmodded(user: str, group: str) -> str:
+    return f"ok: {user} is not a moderator of {group}"
+
+
+def modded_notice(actor: str, group: str) -> str:
+    return f"* {actor} made you a moderator of {group}"
+
+
+def invited(user: str, group: str) -> str:
+    return f"ok: invited {user} to {group}"
+
+
+def uninvited(user: str, group: str) -> str:
+    return f"ok: uninvited {user} from {group}"
+
+
+def invited_notice(actor: str, group: str) -> str:
+    return f"* {actor} invited you to {group}"
+
+
+def removed(user: str, group: str) -> str:
+    return f"ok: removed {user} from {group}"
+
+
+def removed_you(actor: str, group: str, reason: str | None) -> str:
+    return f"* {actor} removed you from {group}" + (f": {reason}" if reason else "")
+
+
+def removed_notice(user: str, group: str, actor: str) -> str:
+    return f"* {user} was removed from {group} by {actor}"
+
+
+def banned(user: str, group: str) -> str:
+    return f"ok: banned {user} from {group}"
+
+
+def unbanned(user: str, group: str) -> str:
+    return f"ok: unbanned {user} from {group}"
+
+
+def _for(minutes: int | None) -> str:
+    return f" for {minutes} minutes" if minutes is not None else ""
+
+
+def muted(user: str, group: str, minutes: int | None) -> str:
+    return f"ok: muted {user} in {group}{_for(minutes)}"
+
+
+def unmuted(user: str, group: str) -> str:
+    return f"ok: unmuted {user} in {group}"
+
+
+def muted_notice(actor: str, group: str, minutes: int | None) -> str:
+    return f"* {actor} muted you in {group}{_for(minutes)}"
+
+
+def unmuted_notice(actor: str, group: str) -> str:
+    return f"* {actor} unmuted you in {group}"
+
+
+def invite_only(group: str) -> str:
+    return f"error: not allowed: {group} is invite-only"
+
+
+def banned_from(group: str) -> str:
+    return f"error: not allowed: you are banned from {group}"
+
+
+def only_moderators_post(group: str) -> str:
+    return f"error: not allowed: only moderators can post in {group}"
+
+
+def muted_in(group: str) -> str:
+    return f"error: not allowed: you are muted in {group}"
+
+
+def only_owner(group: str) -> str:
+    return f"error: not allowed: only the owner of {group} can do that"
+
+
+def only_moderator(group: str) -> str:
+    return f"error: not allowed: only the owner or a moderator of {group} can do that"
+
+
+def no_account(user: str) -> str:
+    return f"error: not allowed: {user} has no account"
+
+
+def is_owner(user: str, group: str) -> str:
+    return f"error: not allowed: {user} is the owner of {group}"
+
+
+def is_moderator(user: str, group: str) -> str:
+    return f"error: not allowed: {user} is a moderator of {group}"
+
+
+def not_member_of(user: str, group: str) -> str:
+    return f"error: {user} is not a member of {group}"
+
+
+def invalid_setting(key: str) -> str:
+    return f"error: invalid setting: {key}"
+
+
+def invalid_value(key: str, value: str) -> str:
+    return f"error: invalid value for {key}: {value}"
+
+
+def roles_not_stored(group: str) -> str:
+    """The store failed: the change holds on this node until a restart."""
+    return f"error: not stored, storage failed: {group}"
+
+
+def parse_minutes(text: str) -> int:
+    """A mute's minutes: ASCII digits only, 1..10080."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MINUTES_MAX:
+        raise ProtocolError(f"error: invalid minutes: {text}")
+    return int(text)
+
+# Group roles are kept by one node so far (issue 14: cluster support not built).
+ROLES_NOT_IN_CLUSTER = "error: group roles are not available in cluster mode yet"

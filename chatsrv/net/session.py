@@ -546,6 +546,10 @@ class Session:
             if hub.account_work:  # `register` or `password`: a hash, then the disk
                 self._wait_for_accounts(lines[i + 1:])
                 return
+            if hub.roles_work:  # a group's roles changed: the reply once stored
+                work, hub.roles_work = hub.roles_work, []
+                self._wait(self.server.save_roles, work, lines[i + 1:])
+                return
 
     def _pause(self, delay: float, lines: list[bytes]) -> None:
         """Stop reading for `delay` seconds, then go on with `lines` (kept in order)."""

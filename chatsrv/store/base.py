@@ -27,6 +27,7 @@ class GroupRecord:
     name: str
     created_by: str
     created_at: float
+    owner: str | None = None  # the creating account's key (group roles); None: no owner
 
 
 @dataclass(slots=True)
@@ -69,6 +70,16 @@ class Store(ABC):
         """The `count` entries of a group before its newest `skip`, oldest first
         (what `history` needs beyond the memory budget). A store that keeps no
         history has none."""
+        return []
+
+    # Group roles and moderation (PROTOCOL.md v2). Writer thread, like the rest.
+
+    def put_roles(self, name: str, data: str) -> None:  # noqa: B027 (optional)
+        """Group `name`'s roles and moderation (a JSON document), durably. Stores
+        that keep none (memory, Redis so far) ignore it."""
+
+    def load_roles(self) -> list[tuple[str, str]]:
+        """(group name, roles document) of every group that has one."""
         return []
 
     # Accounts. The server keeps every account in memory (logins never wait for

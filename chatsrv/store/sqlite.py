@@ -20,6 +20,7 @@ with `synchronous=FULL` (the WAL is fsynced) because its `ok` is a promise.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -72,6 +73,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE secrets (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
+    );
+    """,
+    # 3: group roles and moderation (owner, moderators, settings, invitations, bans,
+    # mutes), one JSON document per group (core/moderation.py `snapshot`).
+    """
+    CREATE TABLE group_roles (
+        group_id INTEGER PRIMARY KEY REFERENCES groups(id),
+        data TEXT NOT NULL
     );
     """,
 )
@@ -316,10 +325,19 @@ class SqliteStore(Store):
         db = self.db
         db.execute("PRAGMA synchronous = FULL")
         try:
-            cursor = db.execute(
-                "INSERT INTO groups (name, created_by, created_at) VALUES (?, ?, ?)",
-                (record.name, record.created_by, record.created_at),
-            )
+            db.execute("BEGIN")
+            try:
+                cursor = db.execute(
+                    "INSERT INTO groups (name, created_by, created_at) VALUES (?, ?, ?)",
+                    (record.name, record.created_by, record.created_at),
+                )
+                if record.owner is not None:  # the rest of its roles: core/moderation.py
+                    db.execute("INSERT INTO group_roles (group_id, data) VALUES (?, ?)",
+                               (cursor.lastrowid, json.dumps({"owner": record.owner})))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
         finally:
             db.execute("PRAGMA synchronous = NORMAL")
         gid = cursor.lastrowid
@@ -341,6 +359,7 @@ class SqliteStore(Store):
             db.execute("BEGIN")
             try:
                 db.execute("DELETE FROM history_chunks WHERE group_id = ?", (gid,))
+                db.execute("DELETE FROM group_roles WHERE group_id = ?", (gid,))
                 db.execute("DELETE FROM groups WHERE id = ?", (gid,))
                 db.execute("COMMIT")
             except BaseException:
@@ -404,6 +423,20 @@ class SqliteStore(Store):
         return total
 
     # ------------------------------------------------------------ accounts
+
+    def put_roles(self, name: str, data: str) -> None:
+        if self._durably(
+            "INSERT OR REPLACE INTO group_roles (group_id, data) "
+            "SELECT id, ? FROM groups WHERE name = ?", (data, name)) != 1:
+            raise StoreError(f"no group {name!r} in {self.path}")
+
+    def load_roles(self) -> list[tuple[str, str]]:
+        try:
+            return self.db.execute(
+                "SELECT g.name, r.data FROM group_roles r JOIN groups g ON g.id = r.group_id"
+            ).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(describe_db_error(self.path, err)) from None
 
     def load_accounts(self) -> list[Account]:
         try:

@@ -377,7 +377,7 @@ class StoreWriter:
     def _commit(self, creator: User | None, group: Group) -> Event:
         done = Event()
         self._commits[group.key] = done
-        record = GroupRecord(group.name, group.created_by, group.created_at)
+        record = GroupRecord(group.name, group.created_by, group.created_at, group.owner)
         fate = _Fate()
         assert self.pool is not None  # a create waits for its commit with a durable store only
         job = self.pool.spawn(self._job, self._create, record, fate)

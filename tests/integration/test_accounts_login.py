@@ -249,7 +249,7 @@ def test_account_commands_when_disabled_or_required(accounts_server, connect):
     for line in ("register erins-password", "password a-password b-password", "token"):
         assert client.request(line) == "error: accounts are disabled"
     assert client.request("help") == ("ok: commands: create join leave groups users public "
-                                      "private exit history help ping register password token")
+                                      "private exit history help ping register password token info set mod unmod invite uninvite kick ban unban mute unmute")
     server.stop()
     server = accounts_server("required")
     client = connect(server)

@@ -76,7 +76,7 @@ def test_script_without_exit_drains_replies_and_hides_its_own_ping(server):
     result = run_script(server, "alice\nping\nhelp\ngroups")
     assert result.stdout.decode().splitlines()[3:] == [
         "ok: pong",
-        "ok: commands: create join leave groups users public private exit history help ping register password token",
+        "ok: commands: create join leave groups users public private exit history help ping register password token info set mod unmod invite uninvite kick ban unban mute unmute",
         "groups: General",
     ]
     assert (result.returncode, result.stderr) == (0, b"")

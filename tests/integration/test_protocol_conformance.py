@@ -28,7 +28,7 @@ from conftest import start_server, wait_for
 
 PROMPT = "enter a username:"
 PONG = "ok: pong"
-HELP = "ok: commands: create join leave groups users public private exit history help ping register password token"
+HELP = "ok: commands: create join leave groups users public private exit history help ping register password token info set mod unmod invite uninvite kick ban unban mute unmute"
 INVALID_NAME = "error: invalid username: "
 TOO_LONG = "error: line too long (max 4096 bytes)"
 BAD_UTF8 = "error: invalid UTF-8"

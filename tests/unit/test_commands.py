@@ -17,7 +17,7 @@ from chatsrv.core.hub import Hub
 
 PONG = "ok: pong"
 HELP = ("ok: commands: create join leave groups users public private exit history help ping"
-        " register password token")
+        " register password token info set mod unmod invite uninvite kick ban unban mute unmute")
 INVALID_NAME = "error: invalid username: "
 INVALID_GROUP = "error: invalid group name: "
 CONTROL = "error: control characters are not allowed"

@@ -174,7 +174,7 @@ def test_help_ping_blank(hub, alice):
     hub.handle(alice, "help")
     hub.handle(alice, "PING")
     assert lines(alice) == [
-        "ok: commands: create join leave groups users public private exit history help ping register password token",
+        "ok: commands: create join leave groups users public private exit history help ping register password token info set mod unmod invite uninvite kick ban unban mute unmute",
         "ok: pong",
     ]
 

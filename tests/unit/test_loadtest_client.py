@@ -158,6 +158,8 @@ def test_every_protocol_line_kind_is_recognised():
         "error: ": "error: x",
         "groups: ": "groups: General",
         "users: ": "users: a",
+        "info: ": "info: g owner - moderators - members 1 join open post all history shared"
+                  " visibility public",
         "[public group ": "[public group g from a] m",
         "[private from ": "[private from a] m",
         "[history group ": "[history group g at 2026-01-01T00:00:00Z from a] m",

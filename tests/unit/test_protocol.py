@@ -161,7 +161,7 @@ def test_line_formats():
     assert P.listing("users", ["bob", "Alice", "carol"]) == "users: Alice bob carol"
     assert HELP == (
         b"ok: commands: create join leave groups users public private exit history help ping"
-        b" register password token\n"
+        b" register password token info set mod unmod invite uninvite kick ban unban mute unmute\n"
     )
     assert P.line_too_long(4096) == b"error: line too long (max 4096 bytes)\n"
 

@@ -473,3 +473,31 @@ def test_writer_logs_the_full_disk_once_through_the_logger(tmp_path, store, capl
     assert "Traceback" not in capfd.readouterr().err
     assert general.unsaved  # kept for the next try
     writer.pool.kill()
+
+
+def test_version_2_database_gains_group_roles(tmp_path, monkeypatch):
+    """Schema 3 (group roles) migrates a version 2 database in place; roles are
+    written durably, read back by group name, and go with a deleted group."""
+    with monkeypatch.context() as m:
+        m.setattr(S, "MIGRATIONS", S.MIGRATIONS[:2])
+        old = SqliteStore(tmp_path / "data")
+        old.load(10)
+        old.create_group(GroupRecord("Dev", "alice", 5.0))
+        old.close()
+    store = SqliteStore(tmp_path / "data")
+    assert store.migrated_from == 2
+    store.load(10)
+    assert store.load_roles() == []
+    store.put_roles("Dev", '{"owner": "alice"}')
+    store.create_group(GroupRecord("Ops", "Bob", 6.0, owner="bob"))
+    store.create_group(GroupRecord("Guests", "gus", 7.0))
+    store.put_roles("Dev", '{"owner": "carol"}')  # replaces
+    assert sorted(store.load_roles()) == [("Dev", '{"owner": "carol"}'), ("Ops", '{"owner": "bob"}')]
+    with pytest.raises(StoreError):
+        store.put_roles("Nope", "{}")
+    assert store.delete_group("Ops")
+    store.close()
+    again = SqliteStore(tmp_path / "data")
+    again.load(10)
+    assert again.load_roles() == [("Dev", '{"owner": "carol"}')]
+    again.close()
