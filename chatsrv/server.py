@@ -497,15 +497,20 @@ class ChatServer:
             self.limits.release(key)
 
     def _handle(self, sock, address, key: str | None = None) -> None:
+        self._run_session(self._open_session, sock, address, key, "connection")
+
+    def _run_session(self, opener, sock, address, key: str | None, kind: str) -> None:
+        """A new connection's greenlet: open its session (`opener`), run it; what was
+        admitted is released if no session came of it."""
         session = None
         try:
-            session = self._open_session(sock, address, key)
+            session = opener(sock, address, key)
             if session is not None:
                 session.run()
         except OSError:  # e.g. reset before we got to it: the client's doing
             sock.close()
         except Exception:
-            log.exception("server error on a new connection")
+            log.exception("server error on a new %s", kind)
             sock.close()
         finally:
             if session is None:
@@ -531,19 +536,7 @@ class ChatServer:
 
     def _handle_web(self, sock, address, key: str | None = None) -> None:
         """The web port: the static client, or the WebSocket door into a Session."""
-        session = None
-        try:
-            session = self._open_web(sock, address, key)
-            if session is not None:
-                session.run()
-        except OSError:
-            sock.close()
-        except Exception:
-            log.exception("server error on a new web connection")
-            sock.close()
-        finally:
-            if session is None:
-                self._release(key, False)
+        self._run_session(self._open_web, sock, address, key, "web connection")
 
     def _open_web(self, sock: socket.socket, address, key: str | None) -> Session | None:
         peer = f"{address[0]}:{address[1]}"
