@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .core import protocol as P
-from .core.accounts import Account, AccountBook, account_key, password_problem
+from .core.accounts import Account, AccountBook, password_problem
 from .core.errors import ClusterUnavailable
 
 log = logging.getLogger("chatsrv.accounts")
@@ -206,7 +206,7 @@ class AccountService:
         """Forget an account; its session ends as after a kick."""
         account = self.find(name)
         self.on_writer(self.store.delete_account, account.key)
-        self.book.drop(account_key(account.name))
+        self.book.drop(account.key)
         self.on_change(account.key)
         self.end_session(account.name, P.KICKED, "kicked")
         return account

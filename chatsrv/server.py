@@ -676,10 +676,7 @@ class ChatServer:
         a second tab, or a guest that took the name before the account existed),
         on this node or another: it hears why, and the name is free when this
         returns."""
-        session = self.find_session(name)
-        if session is not None:
-            self._end_session(session, P.REPLACED, "replaced")
-        else:
+        if self.kick_local(name, "replaced") is None:
             self.backplane.replace(name)
 
     def end_account_session(self, name: str, line: bytes, reason: str) -> None:
@@ -807,16 +804,16 @@ class ChatServer:
         return group.name
 
     def kick_local(self, name: str, reason: str = "kicked") -> str | None:
-        """End a session of this node only, because another node asked: an
-        administrator's kick there (as `kick`), or a login to the account there
-        (reason `replaced`)."""
-        if reason == "replaced":
-            session = self.find_session(name)
-            if session is None or session.user is None:
-                return None
-            self._end_session(session, P.REPLACED, "replaced")
-            return session.user.name
-        return self.kick(name, local_only=True)
+        """End the session of `name` on this node only: its display name, or None
+        if it is not here. Reason `kicked` (an administrator, here or on another
+        node) or `replaced` (a login to its account, here or elsewhere); the user
+        hears which before the close, and the name is free when this returns."""
+        session = self.find_session(name)
+        if session is None or session.user is None:
+            return None
+        shown = session.user.name
+        self._end_session(session, P.REPLACED if reason == "replaced" else P.KICKED, reason)
+        return shown
 
     # Accounts changed by other nodes (cluster mode; backplane.AccountEvents).
 
@@ -843,16 +840,11 @@ class ChatServer:
         The name is free when this returns, as after `exit`: the logout happens
         here rather than when the session's greenlet next runs. A user of another
         node is kicked there (cluster mode), and this waits until it is gone."""
-        session = self.find_session(name)
-        if session is None:
-            if local_only:
-                return None
-            remote = self.backplane.kick(name)
-            return remote[0] if remote is not None else None
-        user = session.user
-        assert user is not None  # found through the hub's users: logged in
-        self._end_session(session, P.KICKED, "kicked")
-        return user.name
+        shown = self.kick_local(name)
+        if shown is not None or local_only:
+            return shown
+        remote = self.backplane.kick(name)
+        return remote[0] if remote is not None else None
 
 
     # ------------------------------------------------------------ metrics

@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .names import skeleton
 from .protocol import (
     LOGIN_FAILED,
     TOO_MANY_FAILURES,
+    name_key,
     suspended_line,
     throttled_line,
     username_taken,
@@ -68,13 +68,9 @@ class Account:
 
     @property
     def key(self) -> str:
-        return account_key(self.name)
+        return name_key(self.name)
 
 
-def account_key(name: str) -> str:
-    """How accounts are looked up: names compare case-insensitively (the same key
-    as `protocol.name_key`, so an account and a user of one name meet)."""
-    return unicodedata.normalize("NFC", name.casefold())
 
 
 def password_problem(password: str) -> str | None:
@@ -299,7 +295,7 @@ class AccountBook:
     # -- the register of accounts
 
     def get(self, name: str) -> Account | None:
-        return self.accounts.get(account_key(name))
+        return self.accounts.get(name_key(name))
 
     def put(self, account: Account) -> None:
         self.accounts[account.key] = account
@@ -322,7 +318,7 @@ class AccountBook:
         created and no guest may log in with it."""
         skel = skeleton(name)
         key = self.skels.get(skel)
-        if key is None or key == account_key(name):
+        if key is None or key == name_key(name):
             return None
         account = self.accounts.get(key)
         if account is None:

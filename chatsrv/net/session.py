@@ -95,9 +95,6 @@ class _Login:
         self.attempts = A.LoginAttempts()
         self.waiting: str | None = None
 
-    def refused(self, step: A.Refused) -> tuple[str, bool]:
-        return self.attempts.refused(step)
-
 
 class Session:
     __slots__ = (
@@ -412,7 +409,7 @@ class Session:
         if isinstance(step, A.Guest):
             return self._guest_login(step.name)
         if isinstance(step, A.Refused):
-            reply, close = state.refused(step)
+            reply, close = state.attempts.refused(step)
             self.server.login_result(step.result or "refused")
             self.write(P.encode(reply))
             if close:

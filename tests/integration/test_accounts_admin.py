@@ -190,3 +190,19 @@ def test_cli_import_a_class(admin, srv, tmp_path):
     assert "skipped: line 8: student07" in result.stderr
     assert "bad name!" in result.stderr
     welcomed(log_in(srv, f"student12 {passwords['student12']}"), "student12")
+
+
+def test_a_deleted_accounts_token_does_not_open_a_new_account_of_that_name(srv):
+    """PROTOCOL v2: a token works until the account is deleted; an account made
+    again under the same name does not take the old tokens."""
+    api = srv.api
+    api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "correct-horse"})
+    alice = log_in(srv, "alice correct-horse")
+    welcomed(alice, "alice")
+    token = alice.request("token").removeprefix("ok: token ")
+    welcomed(log_in(srv, f"alice {token}"), "alice")
+    assert api.call("DELETE", "/api/v1/accounts/alice")[0] == 204
+    log_in(srv, f"alice {token}").expect("error: login failed", PROMPT)
+    api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "other-horse"})
+    log_in(srv, f"alice {token}").expect("error: login failed", PROMPT)
+    welcomed(log_in(srv, "alice other-horse"), "alice")

@@ -49,15 +49,21 @@ def logged(server, text: str, timeout: float = 5.0) -> bool:
     return True
 
 
+def at_prompt(connect, server, line: str):
+    """A new connection that got the prompt and sent `line`."""
+    client = connect(server)
+    client.expect(PROMPT)
+    client.send(line)
+    return client
+
+
 def welcome(client, name: str) -> None:
     client.expect(f"connected! welcome {name}", "you joined the group General")
 
 
 def test_password_prompt_then_welcome(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("alice")
+    client = at_prompt(connect, server, "alice")
     client.expect("password for alice:")
     client.send("correct-horse")
     welcome(client, "alice")
@@ -66,17 +72,13 @@ def test_password_prompt_then_welcome(accounts_server, connect):
 
 def test_one_line_form_and_case_insensitive_name(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("ZOË pässwörd-ok")
+    client = at_prompt(connect, server, "ZOË pässwörd-ok")
     welcome(client, "Zoë")  # the account's name as first written
 
 
 def test_guests_unchanged_in_optional_mode(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("bob")
+    client = at_prompt(connect, server, "bob")
     welcome(client, "bob")
     other = connect(server)
     other.expect(PROMPT)
@@ -86,9 +88,7 @@ def test_guests_unchanged_in_optional_mode(accounts_server, connect):
 
 def test_wrong_password_then_prompt_and_third_failure_closes(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("alice")
+    client = at_prompt(connect, server, "alice")
     client.expect("password for alice:")
     client.send("wrong-horse")
     client.expect(FAILED, PROMPT)
@@ -102,17 +102,13 @@ def test_wrong_password_then_prompt_and_third_failure_closes(accounts_server, co
 
 def test_suspended_account(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("mallory s3cret-pw")
+    client = at_prompt(connect, server, "mallory s3cret-pw")
     client.expect("error: account suspended: mallory", PROMPT)
 
 
 def test_required_mode_asks_every_name_for_a_password(accounts_server, connect):
     server = accounts_server("required")
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("nobody")
+    client = at_prompt(connect, server, "nobody")
     client.expect("password for nobody:")  # whether the account exists is not revealed
     client.send("whatever-pw")
     client.expect(FAILED, PROMPT)
@@ -122,9 +118,7 @@ def test_required_mode_asks_every_name_for_a_password(accounts_server, connect):
 
 def test_accounts_off_is_version_1(accounts_server, connect):
     server = accounts_server("off")
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("al ice")
+    client = at_prompt(connect, server, "al ice")
     assert client.read_line().startswith("error: invalid username:")
     client.expect(PROMPT)
     client.send("alice")  # an account's name, but accounts are off: a guest
@@ -133,18 +127,12 @@ def test_accounts_off_is_version_1(accounts_server, connect):
 
 def test_login_replaces_the_older_session(accounts_server, connect):
     server = accounts_server()
-    watcher = connect(server)
-    watcher.expect(PROMPT)
-    watcher.send("bob")
+    watcher = at_prompt(connect, server, "bob")
     welcome(watcher, "bob")
-    old = connect(server)
-    old.expect(PROMPT)
-    old.send("alice correct-horse")
+    old = at_prompt(connect, server, "alice correct-horse")
     welcome(old, "alice")
     watcher.expect("* alice joined the group General")
-    new = connect(server)
-    new.expect(PROMPT)
-    new.send("alice correct-horse")
+    new = at_prompt(connect, server, "alice correct-horse")
     welcome(new, "alice")
     old.expect("* disconnected: logged in from another connection")
     assert old.closed()
@@ -156,16 +144,12 @@ def test_login_replaces_the_older_session(accounts_server, connect):
 def test_a_guest_holding_an_account_name_is_replaced(tmp_path, make_server, connect):
     """A guest took `dana` before the account existed; the account's owner wins."""
     server = make_server(rate_limit=0, accounts="optional")
-    guest = connect(server)
-    guest.expect(PROMPT)
-    guest.send("dana")
+    guest = at_prompt(connect, server, "dana")
     welcome(guest, "dana")
     server.stop()
     seed(tmp_path, ("dana", "danas-password"))
     server = make_server(rate_limit=0, accounts="optional")
-    guest = connect(server)
-    guest.expect(PROMPT)
-    guest.send("dana")
+    guest = at_prompt(connect, server, "dana")
     guest.expect("password for dana:")
 
 
@@ -188,9 +172,7 @@ def test_logins_metric_by_result(accounts_server, connect, tmp_path):
 
 def test_register_password_and_token_commands(accounts_server, connect):
     server = accounts_server()
-    guest = connect(server)
-    guest.expect(PROMPT)
-    guest.send("dave")
+    guest = at_prompt(connect, server, "dave")
     welcome(guest, "dave")
     assert guest.request("token") == "error: not logged in to an account"
     assert guest.request("password old-password new-password") == \
@@ -207,9 +189,7 @@ def test_register_password_and_token_commands(accounts_server, connect):
     assert token.startswith("ok: token ct1.")
     token = token.removeprefix("ok: token ")
     # The token logs in instead of the password (and replaces the older session).
-    tab = connect(server)
-    tab.expect(PROMPT)
-    tab.send(f"dave {token}")
+    tab = at_prompt(connect, server, f"dave {token}")
     welcome(tab, "dave")
     guest.expect("* disconnected: logged in from another connection")
     assert tab.request("password wrong-password next-password") == "error: wrong password"
@@ -217,9 +197,7 @@ def test_register_password_and_token_commands(accounts_server, connect):
         "error: invalid password: too short (at least 8 characters)"
     assert tab.request("password daves-password next-password") == "ok: password changed"
     # Every token of the account stops working; the new password works.
-    again = connect(server)
-    again.expect(PROMPT)
-    again.send(f"dave {token}")
+    again = at_prompt(connect, server, f"dave {token}")
     again.expect("error: login failed", PROMPT)
     again.send("dave next-password")
     welcome(again, "dave")
@@ -228,23 +206,17 @@ def test_register_password_and_token_commands(accounts_server, connect):
 def test_register_taken_by_an_admin_a_moment_earlier(accounts_server, connect):
     """The name became an account (here: seeded) while the guest was logged in."""
     server = accounts_server()
-    guest = connect(server)
-    guest.expect(PROMPT)
-    guest.send("bob")
+    guest = at_prompt(connect, server, "bob")
     welcome(guest, "bob")
     assert guest.request("register bobs-password") == "ok: registered bob"
-    other = connect(server)
-    other.expect(PROMPT)
-    other.send("alice correct-horse")
+    other = at_prompt(connect, server, "alice correct-horse")
     welcome(other, "alice")
     assert other.request("register something-else") == "error: already registered: alice"
 
 
 def test_account_commands_when_disabled_or_required(accounts_server, connect):
     server = accounts_server("off")
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("erin")
+    client = at_prompt(connect, server, "erin")
     welcome(client, "erin")
     for line in ("register erins-password", "password a-password b-password", "token"):
         assert client.request(line) == "error: accounts are disabled"
@@ -252,9 +224,7 @@ def test_account_commands_when_disabled_or_required(accounts_server, connect):
                                       "private exit history help ping register password token info set mod unmod invite uninvite kick ban unban mute unmute")
     server.stop()
     server = accounts_server("required")
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("alice correct-horse")
+    client = at_prompt(connect, server, "alice correct-horse")
     welcome(client, "alice")
     assert client.request("register another-pass") == "error: already registered: alice"
 
@@ -272,9 +242,7 @@ def test_old_hash_parameters_are_rehashed_at_login(tmp_path, make_server, connec
     store.add_account(Account("olga", old, time.time()))
     store.close()
     server = make_server(rate_limit=0, accounts="optional")
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("olga old-params-pw")
+    client = at_prompt(connect, server, "olga old-params-pw")
     welcome(client, "olga")
     token = client.request("token").removeprefix("ok: token ")
     db = sqlite3.connect(f"file:{tmp_path / 'data' / 'chatsrv.db'}?mode=ro", uri=True)
@@ -287,9 +255,7 @@ def test_old_hash_parameters_are_rehashed_at_login(tmp_path, make_server, connec
     assert passwords.verify_password(phc, "old-params-pw")
     server.stop()
     server = make_server(rate_limit=0, accounts="optional")
-    again = connect(server)
-    again.expect(PROMPT)
-    again.send(f"olga {token}")
+    again = at_prompt(connect, server, f"olga {token}")
     welcome(again, "olga")
 
 
@@ -302,9 +268,7 @@ def test_two_logins_to_one_account_at_once_leave_exactly_one(accounts_server, co
         client.send("alice correct-horse")
     for client in clients:
         welcome(client, "alice")  # each logs in, and each later one replaces the one before
-    watcher = connect(server)
-    watcher.expect(PROMPT)
-    watcher.send("zed")
+    watcher = at_prompt(connect, server, "zed")
     welcome(watcher, "zed")
     deadline = time.monotonic() + 5
     while (users := watcher.request("users")) != "users: alice zed":
@@ -316,9 +280,7 @@ def test_two_logins_to_one_account_at_once_leave_exactly_one(accounts_server, co
 
 def test_hostile_secrets(accounts_server, connect):
     server = accounts_server()
-    client = connect(server)
-    client.expect(PROMPT)
-    client.send("alice")
+    client = at_prompt(connect, server, "alice")
     client.expect("password for alice:")
     client.send("x" * 10_000)  # longer than --max-line: a framing error, then the prompt
     assert client.read_line().startswith("error: line too long")
