@@ -59,6 +59,12 @@ def serve(
         help="Comma-separated origins (https://chat.example.org) whose pages may open "
         "the WebSocket, beside the web port's own.",
     ),
+    trusted_proxies: str = typer.Option(
+        D.trusted_proxies, envvar=_env("trusted_proxies"),
+        help="Comma-separated addresses/CIDR networks of reverse proxies in front of the web "
+        "port: a connection from one of them is the client named in X-Forwarded-For "
+        "(the rightmost address that is not a trusted proxy) for limits and logs ('' = none).",
+    ),
     data_dir: Path = typer.Option(
         D.data_dir, envvar=_env("data_dir"), help="Directory for durable data."
     ),

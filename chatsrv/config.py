@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 from .auth import ADMIN_TOKEN_MIN, is_loopback
@@ -29,6 +30,7 @@ class Config:
     web_host: str = "127.0.0.1"
     web_port: int = 8080  # the WebSocket door and the browser client (0 = off)
     web_origins: str = ""  # comma-separated origins allowed beside the page's own
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (web port)
     data_dir: Path = Path("./chatsrv-data")
     store: str = "sqlite"
     flush_ms: int = 50
@@ -128,10 +130,18 @@ class Config:
             parse_networks(self.exempt)
         except ValueError as err:
             raise ConfigError(f"--exempt: {err}") from None
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as err:
+            raise ConfigError(f"--trusted-proxies: {err}") from None
 
     @property
     def exempt_networks(self) -> tuple[Network, ...]:
         return parse_networks(self.exempt)
+
+    @cached_property
+    def trusted_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.trusted_proxies)
 
     @property
     def history_memory_bytes(self) -> int:

@@ -44,6 +44,7 @@ DISCONNECT_REASONS = ("exit", "eof", "error", "sendq", "timeout", "kicked", "shu
                       "replaced", "login_failed")
 LOGIN_RESULTS = ("guest", "password", "token", "failed", "throttled")
 REJECT_REASONS = ("full", "unauth", "per_ip", "rate")
+TRANSPORTS = ("tcp", "tls", "ws", "wss")
 
 
 # ---------------------------------------------------------------- what a scrape reads
@@ -160,6 +161,9 @@ class Scrape:
     cluster: ClusterScrape | None
     store: StoreScrape | None
     websocket_active: int = 0  # of connections_active, those on the WebSocket door
+    # connections_active and connections_total by transport (TRANSPORTS)
+    transports_active: Mapping[str, int] | None = None
+    transports_total: Mapping[str, int] | None = None
 
 
 class ChatCollector(Collector):
@@ -172,11 +176,16 @@ class ChatCollector(Collector):
         now = self.scrape()
         stats = now.chat
 
-        yield _counter("chatsrv_connections", "TCP connections accepted (TLS handshake done).",
-                       now.connections_total)
-        yield _gauge("chatsrv_connections_active",
-                     "Open client connections, those still at the username prompt included.",
-                     now.connections_active)
+        yield _with_breakdown(
+            CounterMetricFamily, "chatsrv_connections",
+            "Client connections accepted (TLS handshake done, WebSocket upgraded): the "
+            "series without labels counts all; with {transport} (tcp, tls, ws, wss), each.",
+            now.connections_total, now.transports_total)
+        yield _with_breakdown(
+            GaugeMetricFamily, "chatsrv_connections_active",
+            "Open client connections, those still at the username prompt included: the "
+            "series without labels counts all; with {transport} (tcp, tls, ws, wss), each.",
+            now.connections_active, now.transports_active)
         yield _gauge("chatsrv_websocket_connections_active",
                      "Open WebSocket connections (upgraded on the web port), counted in "
                      "chatsrv_connections_active too.", now.websocket_active)
@@ -319,6 +328,19 @@ def _labelled(family, name: str, doc: str, label: str, values: Mapping[str, int]
     metric = family(name, doc, labels=[label])
     for key, value in values.items():
         metric.add_metric([key], value)
+    return metric
+
+
+def _with_breakdown(family, name: str, doc: str, total: float,
+                    by_transport: Mapping[str, int] | None):
+    """`name` without labels (every transport, as before version 2) and, beside it,
+    one sample per transport (PROTOCOL.md v2, "Metrics added in version 2")."""
+    metric = family(name, doc, value=total)
+    suffix = "_total" if family is CounterMetricFamily else ""
+    values = dict.fromkeys(TRANSPORTS, 0)
+    values.update(by_transport or {})
+    for transport, value in values.items():
+        metric.add_sample(name + suffix, {"transport": transport}, value)
     return metric
 
 

@@ -5,7 +5,8 @@ says what changes now and what waits for a restart; the server applies it
 (server.py `ChatServer.reload`). Live: the TLS certificate and key (new
 handshakes use the new pair, established sessions keep theirs), the log level
 and format, the connection limits (`max_clients`, `max_unauth`, `max_per_ip`,
-`connect_rate`, `exempt`), the per-session limits (`rate_limit`, every session
+`connect_rate`, `exempt`, `trusted_proxies` for new web
+connections), the per-session limits (`rate_limit`, every session
 at once; `max_line`, `sendq`; `login_timeout` and `keepalive` for new
 connections), `notice_limit`, `max_groups`, `create_rate`, `history` (a new
 size for every group's ring, but not turning history on or off: that changes
@@ -29,7 +30,7 @@ from .core.ratelimit import RateLimiter
 LIVE = frozenset({
     "tls_cert", "tls_key", "log_level", "log_format",
     "max_clients", "max_unauth", "max_per_ip", "connect_rate", "exempt",
-    "rate_limit", "max_line", "sendq", "login_timeout", "keepalive",
+    "trusted_proxies", "rate_limit", "max_line", "sendq", "login_timeout", "keepalive",
     "notice_limit", "max_groups", "create_rate", "history", "history_memory",
     "shutdown_grace", "token_ttl",
 })

@@ -48,7 +48,14 @@ from .core.errors import (
     ProtocolError,
 )
 from .core.hub import Hub
-from .core.limits import PER_IP, RATE, AddressLimits, address_key
+from .core.limits import (
+    PER_IP,
+    RATE,
+    AddressLimits,
+    address_key,
+    client_address,
+    in_networks,
+)
 from .core.model import Group, RemoteUser, User
 from .core.protocol import GENERAL
 from .http import AdminHTTP, Connection
@@ -187,6 +194,7 @@ class ChatServer:
         self.stopped = Event()
         self.started_at = time.time()
         self.connections_total = 0
+        self.transports_total: Counter[str] = Counter()  # by Session.transport
         self.rejected: Counter[str] = Counter()
         # Connections admitted and not yet ended (sessions, and sockets still in
         # their TLS handshake), and those of them not logged in: the caps count these.
@@ -256,13 +264,10 @@ class ChatServer:
                                              reuse_port=self.config.reuse_port),
                             self._handle, self.admit)
         web = None
-        if self.config.web_port and self._tls is not None:
-            log.warning("web client not started: HTTPS/WSS on the web port is not "
-                        "implemented yet; put a TLS proxy in front or set --web-port 0")
-        elif self.config.web_port:
+        if self.config.web_port:
             web = Acceptor(listening_socket(self.config.web_host, self.config.web_port,
                                             reuse_port=self.config.reuse_port),
-                           self._handle_web, self.admit)
+                           self._handle_web, self.admit_web)
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
@@ -273,8 +278,8 @@ class ChatServer:
             web.start()
             self._web = web
             host = self.config.web_host
-            log.info("web client on http://%s:%d/", f"[{host}]" if ":" in host else host,
-                     web.server_port)
+            log.info("web client on %s://%s:%d/", "https" if self._tls else "http",
+                     f"[{host}]" if ":" in host else host, web.server_port)
         listener.start()
         self._listener = listener
         sweeper = self._sweeper = self.loop.timer(SWEEP_EVERY_S, SWEEP_EVERY_S)
@@ -360,6 +365,10 @@ class ChatServer:
         if old.rate_limit != new.rate_limit:
             for session in self.sessions:
                 session.limiter = retune(session.limiter, new.rate_limit)
+        if old.max_line != new.max_line:  # a WebSocket checks message sizes itself
+            for session in self.sessions:
+                if isinstance(session.tls, W.WsChannel):
+                    session.tls.max_line = new.max_line
         self.accounts.token_ttl = new.token_ttl  # for tokens minted from now on
         hub = self.hub
         hub.notice_limit = new.notice_limit
@@ -431,12 +440,13 @@ class ChatServer:
 
     # ------------------------------------------------------------ connections
 
-    def admit(self, host: str) -> tuple[bytes | None, str | None]:
+    def admit(self, host: str, per_address: bool = True) -> tuple[bytes | None, str | None]:
         """Decide on an accepted socket before anything is allocated for it.
 
         Admitted: `(None, key)`, and the connection counts until `_release(key)`
         (key is None for an address not counted). Refused: `(line, None)`, the
-        line to send before closing (b"" = close without a word)."""
+        line to send before closing (b"" = close without a word).
+        `per_address` False: only the server-wide caps (see `admit_web`)."""
         if self.stopping:
             return b"", None
         config = self.config
@@ -444,7 +454,7 @@ class ChatServer:
             return self._refused_busy("full"), None
         if config.max_unauth and self.unauth >= config.max_unauth:
             return self._refused_busy("unauth"), None
-        key = self.limits.key(host)
+        key = self.limits.key(host) if per_address else None
         if key is not None:
             reason = self.limits.admit(key)
             if reason is not None:
@@ -453,6 +463,12 @@ class ChatServer:
         self.conns += 1
         self.unauth += 1
         return None, key
+
+    def admit_web(self, host: str) -> tuple[bytes | None, str | None]:
+        """`admit` for the web port: a connection from a --trusted-proxies address
+        is counted per address only once its request names the client
+        (`_admit_forwarded`); the server-wide caps apply at once."""
+        return self.admit(host, not in_networks(host, self.config.trusted_networks))
 
     def _refused_busy(self, reason: str) -> bytes:
         """Count a server-wide refusal; log it at most once a minute."""
@@ -529,64 +545,112 @@ class ChatServer:
                 return None
         session = Session(self, io, peer, next(self._ids), tls)
         session.addr_key = key
-        self.sessions.add(session)
-        self.connections_total += 1
+        if tls is not None:
+            session.transport = "tls"
+        self._opened(session)
         log.info("connect id=%d peer=%s", session.id, peer)
         return session
+
+    def _opened(self, session: Session) -> None:
+        self.sessions.add(session)
+        self.connections_total += 1
+        self.transports_total[session.transport] += 1
 
     def _handle_web(self, sock, address, key: str | None = None) -> None:
         """The web port: the static client, or the WebSocket door into a Session."""
         self._run_session(self._open_web, sock, address, key, "web connection")
 
     def _open_web(self, sock: socket.socket, address, key: str | None) -> Session | None:
+        """One HTTP request on the web port (HTTPS with --tls-cert): a page, an error,
+        or a WebSocket upgrade that becomes a Session."""
         peer = f"{address[0]}:{address[1]}"
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.config.keepalive:
             set_keepalive(sock, self.config.keepalive)
         io = SockIO(sock)
+        tls = None
+        if self._tls is not None:  # the chat port's context, reloaded with it
+            tls = self._tls_handshake(io, peer)
+            if tls is None:
+                return None
+        send = io.sendall if tls is None else (lambda data: io.sendall(tls.encrypt(data)))
         channel = None
         try:
             with gevent.Timeout(self.config.login_timeout):
-                got = W.read_head(io.recv)
-                if got is None:
-                    io.close()
-                    return None
-                head = W.Head(got[0])
-                channel = self._web_request(io, head, got[1], peer)
-        except (ValueError, gevent.Timeout) as err:
+                got = W.read_head(tls.recv if tls is not None else io.recv)
+                if got is not None:
+                    head = W.Head(got[0])
+                    channel = self._web_request(io, tls, send, head, got[1], peer)
+        except ValueError as err:  # a malformed (or too long) request head
             log.info("web request refused peer=%s: %s", peer, err)
+            self._try(send, W.error_response("400 Bad Request", "error: bad request"))
+        except gevent.Timeout as err:
+            log.info("web request refused peer=%s: %s", peer, err)
+        except OSError:
+            channel = None
         if channel is None:
             io.close()
             return None
-        session = Session(self, io, peer, next(self._ids), channel)
+        networks = self.config.trusted_networks
+        client = None
+        if in_networks(address[0], networks):  # a trusted proxy: the client is in the head
+            client = client_address(address[0], head.headers.get("x-forwarded-for", ""),
+                                    networks)
+            refusal, key = self._admit_forwarded(client)
+            if refusal is not None:  # its line, then a close (1008) like a kick's
+                self._try(send, channel.encrypt(refusal) + channel.close_frame("kicked"))
+                io.close()
+                return None
+            log.info("web connection from proxy %s for client %s", peer, client)
+        session = Session(self, io, client or peer, next(self._ids), channel)
+        if client is not None:
+            session.host = client
+        session.addr_key = key
+        session.transport = "wss" if tls is not None else "ws"
         channel.send = session.write
         session.framer = channel.frame_queue
         channel.on_dead = lambda: session.abort("timeout")
         channel.start_pings(self.loop)
-        session.addr_key = key
-        self.sessions.add(session)
-        self.connections_total += 1
-        log.info("connect id=%d peer=%s transport=websocket", session.id, peer)
+        self._opened(session)
+        log.info("connect id=%d peer=%s transport=%s", session.id, peer, session.transport)
         return session
 
-    def _web_request(self, io: SockIO, head: W.Head, rest: bytes,
-                     peer: str) -> W.WsChannel | None:
+    def _admit_forwarded(self, client: str) -> tuple[bytes | None, str | None]:
+        """The per-address part of `admit` for a client behind a trusted proxy:
+        (refusal line, None) or (None, the key it counts under)."""
+        key = self.limits.key(client)
+        if key is not None:
+            reason = self.limits.admit(key)
+            if reason is not None:
+                self.rejected[reason] += 1
+                log.info("web connection refused (%s): client %s", reason, client)
+                return REFUSAL_LINES[reason], None
+        return None, key
+
+    @staticmethod
+    def _try(send, data: bytes) -> None:
+        try:
+            send(data)
+        except OSError:
+            pass
+
+    def _web_request(self, io: SockIO, tls: TlsChannel | None, send, head: W.Head,
+                     rest: bytes, peer: str) -> W.WsChannel | None:
         """Answer one request; the channel when it was a WebSocket upgrade."""
-        if head.method != "GET":
-            io.sendall(W.response("405 Method Not Allowed", "text/plain; charset=utf-8",
-                                  b"error: GET only\n"))
-        elif head.path == "/ws":
-            if W.origin_allowed(head, self.config.web_origin_list):
-                return W.upgrade(head, rest, io, self.config.max_line)
+        head_only = head.method == "HEAD"
+        if head.path == "/ws" and head.method == "GET":
+            scheme = "https" if tls is not None else "http"
+            if W.origin_allowed(head, self.config.web_origin_list, scheme):
+                return W.upgrade(head, rest, io, self.config.max_line, tls)
             log.info("websocket refused peer=%s: origin %s", peer, head.headers.get("origin"))
-            io.sendall(W.response("403 Forbidden", "text/plain; charset=utf-8",
-                                  b"error: origin not allowed\n"))
+            send(W.error_response("403 Forbidden", "error: origin not allowed"))
+        elif head.method not in ("GET", "HEAD"):
+            send(W.error_response("405 Method Not Allowed", "error: GET only"))
         elif head.path in W.STATIC:
             name, ctype = W.STATIC[head.path]
-            io.sendall(W.response("200 OK", ctype, W.static_file(name)))
+            send(W.response("200 OK", ctype, W.static_file(name), head_only))
         else:
-            io.sendall(W.response("404 Not Found", "text/plain; charset=utf-8",
-                                  b"error: not found\n"))
+            send(W.error_response("404 Not Found", "error: not found", head_only))
         return None
 
     def _tls_handshake(self, io: SockIO, peer: str) -> TlsChannel | None:
@@ -605,7 +669,7 @@ class ChatServer:
         """A username line: log in, cluster-wide with a backplane; raises LoginRefused.
         `account`: the key of the account it logged in to (None: a guest)."""
         hub = self.hub
-        addr = address_key(session.peer.rsplit(":", 1)[0])  # --create-rate counts this
+        addr = address_key(session.host)  # --create-rate counts this
         if hub.outbox is None:
             return hub.login(text, session, addr=addr, account=account)
         name = hub.check_name(text)
@@ -879,6 +943,8 @@ class ChatServer:
             store=(StoreScrape(stalled=bool(self.writer.stalled()), stats=self.writer.stats)
                    if self.store.durable else None),
             websocket_active=sum(s.framer is not None for s in sessions),
+            transports_active=Counter(s.transport for s in sessions),
+            transports_total=self.transports_total,
         )
 
     def _cluster_scrape(self) -> ClusterScrape | None:

@@ -229,3 +229,53 @@ class AddressLimits:
         log.warning("refusing connections from %s: %s; logged once a minute per address",
                     key, why)
         return reason
+
+
+def _forwarded_address(item: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """One X-Forwarded-For entry as an address (`[v6]:port` and `v4:port` accepted);
+    None when it is not one (`unknown`, an obfuscated node name, garbage)."""
+    item = item.strip().strip('"')
+    if item.startswith("["):  # [2001:db8::1]:443
+        item = item[1:].split("]", 1)[0]
+    elif item.count(":") == 1:  # 192.0.2.1:443
+        item = item.split(":", 1)[0]
+    try:
+        return address_of(item)
+    except ValueError:
+        return None
+
+
+def in_networks(host: str, networks: tuple[Network, ...]) -> bool:
+    """Whether address `host` is in one of `networks` (False for a non-address)."""
+    if not networks:
+        return False
+    try:
+        addr = address_of(host)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None,
+                   trusted: tuple[Network, ...]) -> str:
+    """The client's address for a connection from `peer` (an IP address) that
+    carried `forwarded_for` (the X-Forwarded-For headers, joined by commas).
+
+    Only a peer inside `trusted` (--trusted-proxies) is believed. Its list is
+    read from the right: each address that is itself a trusted proxy is a hop
+    to skip, and the first one that is not is the client (the standard way:
+    everything left of it was written by the client and may be forged). If
+    every entry is a trusted proxy, the leftmost is the client; an entry that
+    is not an address stops the walk at the last trusted hop. Returned in the
+    form `address_of` gives (IPv4-mapped IPv6 as IPv4)."""
+    if not forwarded_for or not in_networks(peer, trusted):
+        return peer
+    hop = address_of(peer)
+    for item in reversed(forwarded_for.split(",")):
+        addr = _forwarded_address(item)
+        if addr is None:
+            break
+        hop = addr
+        if not any(addr in net for net in trusted):
+            break
+    return str(hop)

@@ -101,7 +101,7 @@ class Session:
         "server", "sock", "peer", "id", "user", "reader", "writer", "chunks", "qbytes",
         "raw_send", "raw_recv_into", "bytes_in", "bytes_out", "ending", "connected_at",
         "limiter", "tls", "rest", "discarding", "paused", "closed", "addr_key", "legacy",
-        "silence", "held", "held_bytes", "login", "framer",
+        "silence", "held", "held_bytes", "login", "framer", "host", "transport",
     )
 
     def __init__(self, server: ChatServer, sock: SockIO, peer: str, sid: int,
@@ -109,6 +109,10 @@ class Session:
         self.server = server
         self.sock = sock
         self.peer = peer
+        # The client's address, what per-address limits and --create-rate count:
+        # the peer's, or behind a trusted proxy the one X-Forwarded-For names.
+        self.host = peer.rsplit(":", 1)[0]
+        self.transport = "tcp"  # tcp | tls | ws | wss: the metrics' {transport} label
         self.id = sid
         self.user: User | None = None
         self.reader = gevent.getcurrent()  # None once parked
@@ -206,7 +210,9 @@ class Session:
         if self.ending is not None:
             return
         self.ending = reason
-        if reason == "sendq":
+        if reason == "sendq" and self.framer is None:
+            # TCP: drop what the reader never took. A WebSocket keeps it, so its
+            # frames stay whole and the close frame can follow (see _finish).
             self.chunks.clear()
         reader = self.reader
         if reader is None:
@@ -256,10 +262,28 @@ class Session:
             server.hub.logout(self.user, notify=not server.stopping)
             server.schedule_flush()
             self._take_queue()
-        if reason in server.graceful and (self.chunks or self.writer is not None):
+        graceful = reason in server.graceful
+        if self.framer is not None:
+            graceful = self._ws_close(reason) or graceful
+        if graceful and (self.chunks or self.writer is not None):
             gevent.spawn(self._close_after_flush, reason)
         else:
             self._close(reason)
+
+    def _ws_close(self, reason: str) -> bool:
+        """A WebSocket's close frame for `reason` (websocket.CLOSE_FOR_REASON), after
+        its last lines. `sendq` too: its queue is kept whole (abort), the frame goes
+        after it, and like `exit` the flush is bounded by --shutdown-grace; True
+        then, so the session closes after that flush."""
+        frame = self.tls.close_frame(reason)  # type: ignore[union-attr]
+        if not frame:
+            return False
+        if reason == "sendq":
+            self.chunks.append(frame)
+            self.qbytes += len(frame)
+            return True
+        self.write(frame, True)
+        return False
 
     def _stop_reading(self) -> None:
         # Nothing waits on the read watcher while parked; stopping it drops its
@@ -360,7 +384,7 @@ class Session:
         else:
             data = recv(READ_SIZE)
         if not data:
-            raise SessionEnd("eof")
+            raise SessionEnd(self._eof())
         self.bytes_in += len(data)
         return self._frame(data, max_line)
 
@@ -454,7 +478,7 @@ class Session:
             self.abort(_reason(err))
             return None
         if n == 0:
-            self.abort("eof")
+            self.abort(self._eof())
             return None
         self.bytes_in += n
         return _RECV_VIEW[:n].tobytes()
@@ -482,7 +506,7 @@ class Session:
             data, eof = plain
             if eof:
                 self._on_plaintext(data)
-                self.abort("eof")
+                self.abort(self._eof())
                 return
         self._on_plaintext(data)
         self._watch_silence()
@@ -657,7 +681,12 @@ class Session:
                 lines = lines + self._frame(data, self.server.config.max_line)
         self._go_on(lines, False)
         if eof and self.ending is None:
-            self.abort("eof")
+            self.abort(self._eof())
+
+    def _eof(self) -> str:
+        """The reason of an input that ended: `eof`, or for a WebSocket closed
+        on a bad frame (1003, 1007, 1009, 1002) `error`."""
+        return self.tls.end_reason if self.framer is not None else "eof"  # type: ignore[union-attr]
 
     # ------------------------------------------------------------ framing
 

@@ -41,9 +41,28 @@ PING_IDLE_S = 25.0
 PING_DEAD_S = 60.0
 CHECK_EVERY_S = 5.0
 
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+
+# The close frame a session ending for each disconnect reason sends (PROTOCOL.md
+# "Session end"; docs/protocol.md lists them). `eof` has none of its own: the
+# peer closed (its close was answered) or vanished. `sendq` is 1008, not 1013
+# ("try again later" is for an overloaded server): the client did not read.
+CLOSE_FOR_REASON = {
+    "exit": (CLOSE_NORMAL, "bye"),
+    "replaced": (CLOSE_NORMAL, "logged in from another connection"),
+    "kicked": (CLOSE_POLICY, "disconnected by an administrator"),
+    "sendq": (CLOSE_POLICY, "send queue full"),
+    "timeout": (CLOSE_POLICY, "timeout"),
+    "login_failed": (CLOSE_POLICY, "login failed"),
+    "shutdown": (CLOSE_GOING_AWAY, "server shutting down"),
+    "error": (CLOSE_SERVER_ERROR, "error"),
+}
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -64,10 +83,16 @@ def static_file(name: str) -> bytes:
     return resources.files("chatsrv.web").joinpath(name).read_bytes()
 
 
-def response(status: str, ctype: str, body: bytes) -> bytes:
+def response(status: str, ctype: str, body: bytes, head_only: bool = False) -> bytes:
+    """A whole HTTP/1.1 response; `head_only` (a HEAD request): without the body,
+    its Content-Length as GET's."""
     return (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode() + \
-        SECURITY_HEADERS + b"\r\n" + body
+        SECURITY_HEADERS + b"\r\n" + (b"" if head_only else body)
+
+
+def error_response(status: str, line: str, head_only: bool = False) -> bytes:
+    return response(status, "text/plain; charset=utf-8", line.encode() + b"\n", head_only)
 
 
 def text_frame(line: bytes) -> bytes:
@@ -108,7 +133,9 @@ def frame_lines(data: bytes) -> bytes:
 
 
 class Head:
-    """An HTTP request head: method, path and the headers we look at (lower-case)."""
+    """An HTTP request head: method, path and the headers (names lower-case; a
+    header sent several times is its values joined by `, `, as RFC 9110 allows
+    for lists such as X-Forwarded-For). Raises ValueError when malformed."""
 
     __slots__ = ("method", "path", "headers", "raw")
 
@@ -119,27 +146,33 @@ class Head:
         parts = first.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise ValueError("bad request line")
+        if not parts[0].isalpha() or not parts[1].startswith("/"):
+            raise ValueError("bad request line")
         self.method, self.path = parts[0], parts[1].split("?", 1)[0]
         self.headers: dict[str, str] = {}
         for line in rest.split("\r\n"):
             if not line:
                 continue
             name, sep, value = line.partition(":")
-            if not sep:
+            name = name.lower()
+            if not sep or not name or name != name.strip():
                 raise ValueError("bad header")
-            self.headers[name.strip().lower()] = value.strip()
+            value = value.strip()
+            old = self.headers.get(name)
+            self.headers[name] = value if old is None else f"{old}, {value}"
 
 
 def read_head(recv: Callable[[int], bytes]) -> tuple[bytes, bytes] | None:
     """The request head (up to the blank line, included) and any bytes after it;
-    None when the peer closed or sent more than HEAD_MAX without a blank line."""
+    None when the peer closed first. Raises ValueError past HEAD_MAX bytes
+    without a blank line (answered 400 like any malformed head)."""
     data = b""
     while True:
         end = data.find(b"\r\n\r\n")
         if end >= 0:
             return data[:end + 4], data[end + 4:]
         if len(data) > HEAD_MAX:
-            return None
+            raise ValueError(f"request head over {HEAD_MAX} bytes")
         chunk = recv(HEAD_MAX)
         if not chunk:
             return None
@@ -165,12 +198,18 @@ class WsChannel:
     path, so they keep their place in the byte stream); `send` and `close` are
     set by the server once the session exists."""
 
-    __slots__ = ("ws", "sock", "max_line", "size", "closing", "send", "last_rx", "pinged",
-                 "timer", "on_dead", "out", "partial")
+    __slots__ = ("ws", "sock", "tls", "max_line", "size", "closing", "send", "last_rx",
+                 "pinged", "timer", "on_dead", "out", "partial", "end_reason")
 
-    def __init__(self, ws: WSConnection, sock, max_line: int) -> None:
+    def __init__(self, ws: WSConnection, sock, max_line: int, tls=None) -> None:
         self.ws = ws
         self.sock = sock
+        # WSS: the TlsChannel under the frames (encrypt after framing, decrypt
+        # before deframing); None for plain ws.
+        self.tls = tls
+        # The session's disconnect reason once the input is over: `eof` for the
+        # peer's close (or a vanished peer), `error` for a frame we closed on.
+        self.end_reason = "eof"
         self.max_line = max_line
         self.size = 0  # bytes of the text message being received
         self.closing = False
@@ -185,39 +224,61 @@ class WsChannel:
     # ---------------------------------------------------------------- output
 
     def encrypt(self, data: bytes) -> bytes:
+        """What goes on the wire for lines `data`: frames (after any pending
+        control frame), TLS records for WSS."""
         framed = frame_lines(data) if data else b""
         if self.out:
             framed = b"".join(self.out) + framed
             self.out.clear()
-        return framed
+        return self.tls.encrypt(framed) if self.tls is not None else framed
 
     def frame_queue(self, queue: list[bytes]) -> bytes:
-        """A user's queued lines (each one line, LF-ended) as frames, for the flush."""
+        """A user's queued lines (each one line, LF-ended) as wire bytes, for the flush."""
         framed = b"".join(map(frame_line, queue))
         if self.out:
             framed = b"".join(self.out) + framed
             self.out.clear()
-        return framed
+        return self.tls.encrypt(framed) if self.tls is not None else framed
 
     def _control(self, data: bytes) -> None:
         self.out.append(data)
         if self.send is not None:
             self.send(b"")  # the session's write: encrypt puts the frame in order
         else:
-            self.sock.sendall(b"".join(self.out))
-            self.out.clear()
+            self.sock.sendall(self.encrypt(b""))
 
     def close(self, code: int, reason: str = "") -> None:
+        """Close for bad input from the peer: the session ends with reason `error`."""
         if self.closing or self.ws.state is not ConnectionState.OPEN:
             return
         self.closing = True
+        self.end_reason = "error"
         self._control(self.ws.send(CloseConnection(code=code, reason=reason)))
+
+    def close_frame(self, reason: str) -> bytes:
+        """Wire bytes of the close frame for a session ending with disconnect reason
+        `reason` (CLOSE_FOR_REASON), after any pending control frame; b"" when
+        there is none to send (the peer's input ended it, or a close went already)."""
+        code = CLOSE_FOR_REASON.get(reason)
+        if code is None or self.closing or self.ws.state is not ConnectionState.OPEN:
+            return b""
+        self.closing = True
+        self.out.append(self.ws.send(CloseConnection(code=code[0], reason=code[1])))
+        return self.encrypt(b"")
 
     # ---------------------------------------------------------------- input
 
     def decrypt(self, data: bytes) -> tuple[bytes, bool]:
-        """The lines that `data` completes (each ended by LF), and whether the
-        connection is over (a close from the peer, or one we sent for bad input)."""
+        """The lines that wire bytes `data` complete (each ended by LF), and whether
+        the connection is over (a close from the peer, or one we sent for bad input).
+        WSS: raises ssl.SSLError for a bad record, like TlsChannel."""
+        if self.tls is None:
+            return self._plain(data)
+        data, eof = self.tls.decrypt(data)
+        lines, over = self._plain(data)
+        return lines, over or eof
+
+    def _plain(self, data: bytes) -> tuple[bytes, bool]:
         self.last_rx = time.monotonic()
         self.pinged = None
         if self.closing:
@@ -258,6 +319,7 @@ class WsChannel:
                     self._control(self.ws.send(event.response()))
                 else:  # a protocol error wsproto found (1002, 1007 for bad UTF-8)
                     self.close(event.code, event.reason or "")
+                    self.end_reason = "error"
                 return True
         return False
 
@@ -265,21 +327,25 @@ class WsChannel:
         """Lines for the login phase (blocking this greenlet); b"" when it is over."""
         if self.closing:
             return b""
-        lines, over = self.decrypt(b"")  # frames that came with the handshake
+        lines, over = self._plain(b"")  # frames that came with the handshake
         if lines or over:
             return lines
+        recv = self.tls.recv if self.tls is not None else self.sock.recv
         while True:
-            data = self.sock.recv(size)
+            data = recv(size)
             if not data:
                 return b""
-            lines, over = self.decrypt(data)
+            lines, over = self._plain(data)
             if over:
                 return lines  # b"" ends the login; else the next recv returns b""
             if lines:
                 return lines
 
     def read_buffered(self) -> bytes:
-        return b""
+        """WSS: the lines of plaintext TLS decrypted but the login phase left unread."""
+        if self.tls is None:
+            return b""
+        return self._plain(self.tls.read_buffered())[0]
 
     # ---------------------------------------------------------------- pings
 
@@ -306,17 +372,18 @@ class WsChannel:
             self._control(self.ws.send(Ping(payload=b"chatsrv")))
 
 
-def upgrade(head: Head, rest: bytes, sock, max_line: int) -> WsChannel | None:
-    """Answer the handshake (101) and return the channel, or None after a 400."""
+def upgrade(head: Head, rest: bytes, sock, max_line: int, tls=None) -> WsChannel | None:
+    """Answer the handshake (101) and return the channel, or None after a 400.
+    `tls`: the connection's TlsChannel (WSS), which every byte goes through."""
     ws = WSConnection(ConnectionType.SERVER)
+    send = sock.sendall if tls is None else (lambda data: sock.sendall(tls.encrypt(data)))
     try:
         ws.receive_data(head.raw + rest)  # wsproto keeps `rest` for after the upgrade
         events = list(ws.events())
     except RemoteProtocolError:
         events = []
     if not events or not isinstance(events[0], Request):
-        sock.sendall(response("400 Bad Request", "text/plain; charset=utf-8",
-                              b"error: not a WebSocket handshake\n"))
+        send(error_response("400 Bad Request", "error: not a WebSocket handshake"))
         return None
-    sock.sendall(ws.send(AcceptConnection()))
-    return WsChannel(ws, sock, max_line)
+    send(ws.send(AcceptConnection()))
+    return WsChannel(ws, sock, max_line, tls)
