@@ -92,6 +92,9 @@ SWEEP_EVERY_S = 10.0
 # within about --shutdown-grace + 4 s (docs/operations.md).
 STORE_CLOSE_EXTRA_S = 3.0
 STORE_CLOSE_MIN_S = 3.0
+# A web request answered 400 is read (and dropped) this long, this many reads, at most.
+LINGER_S = 2.0
+LINGER_READS = 16
 
 
 def raise_fd_limit() -> int:
@@ -147,6 +150,20 @@ def keepalive_options(seconds: float) -> list[tuple[int, int, int]]:
 def set_keepalive(sock, seconds: float) -> None:
     for level, option, value in keepalive_options(seconds):
         sock.setsockopt(level, option, value)
+
+
+def _linger(io: SockIO) -> None:
+    """After an error answer to a request not read to its end: stop sending and read
+    what the client still sends (a little, briefly) before the close, so the
+    kernel does not reset the connection and lose the answer on the way."""
+    try:
+        io.sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(LINGER_S, False):
+            for _ in range(LINGER_READS):
+                if not io.recv(65536):
+                    break
+    except OSError:
+        pass
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -584,6 +601,7 @@ class ChatServer:
         except ValueError as err:  # a malformed (or too long) request head
             log.info("web request refused peer=%s: %s", peer, err)
             self._try(send, W.error_response("400 Bad Request", "error: bad request"))
+            _linger(io)
         except gevent.Timeout as err:
             log.info("web request refused peer=%s: %s", peer, err)
         except OSError:

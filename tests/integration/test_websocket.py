@@ -56,12 +56,16 @@ def web(tmp_path):
 class WsClient:
     """A blocking WebSocket client: `lines` are the text frames received."""
 
-    def __init__(self, port: int, origin: str | None = None) -> None:
+    def __init__(self, port: int, origin: str | None = None, *, tls=None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """`tls`: an ssl.SSLContext (wss); `headers`: more handshake headers."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.pending: list = []
         self.text = ""
-        headers = [(b"Origin", origin.encode())] if origin else []
+        headers = list(headers or []) + ([(b"Origin", origin.encode())] if origin else [])
         self.sock.sendall(self.ws.send(Request(host=f"127.0.0.1:{port}", target="/ws",
                                                extra_headers=headers)))
         self.status = None
