@@ -118,6 +118,12 @@ def test_config_check_and_show(tmp_path):
     assert "rate_limit = 7.0  # env CHATSRV_RATE_LIMIT" in lines
     assert f'admin_token = "<redacted>"  # file {path}' in lines
     assert "sendq = 1048576  # default" in lines
+    assert 'trusted_proxies = ""  # default' in lines
+    proxied = run("config", "show", "--trusted-proxies", "10.0.0.0/8",
+                  env={"CHATSRV_TRUSTED_PROXIES": "192.0.2.1"})
+    assert 'trusted_proxies = "10.0.0.0/8"  # flag' in proxied.stdout.splitlines()
+    bad_proxy = run("config", "show", env={"CHATSRV_TRUSTED_PROXIES": "nginx"})
+    assert bad_proxy.returncode == 2 and "--trusted-proxies: not an address" in bad_proxy.stderr
     assert "file-secret" not in result.stdout
     bad = run("config", "show", "--max-clients", "many")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr

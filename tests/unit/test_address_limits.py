@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatsrv.config import Config, ConfigError
-from chatsrv.core.limits import LOG_EVERY_S, PER_IP, RATE, AddressLimits, parse_networks
+from chatsrv.core.limits import (
+    LOG_EVERY_S,
+    PER_IP,
+    RATE,
+    AddressLimits,
+    client_address,
+    parse_networks,
+)
 
 
 class Clock:
@@ -232,3 +239,42 @@ def test_counts_match_a_model_and_nothing_leaks(ops):
     clock.now += 5
     lim.purge()
     assert lim.entries == {}
+
+
+# ---------------------------------------------------------------- X-Forwarded-For
+
+def test_client_address_takes_the_rightmost_untrusted_forwarded_address():
+    proxies = parse_networks("127.0.0.1/32,10.0.0.0/8,fd00::/8")
+    # The peer is the proxy: the last address it appended is the client.
+    assert client_address("127.0.0.1", "203.0.113.7", proxies) == "203.0.113.7"
+    # What the client wrote itself (left of it) is not believed.
+    assert client_address("127.0.0.1", "1.1.1.1, 203.0.113.7", proxies) == "203.0.113.7"
+    # Trusted hops are skipped, right to left (a proxy behind a proxy).
+    assert client_address("127.0.0.1", "1.1.1.1, 203.0.113.7, 10.1.2.3", proxies) \
+        == "203.0.113.7"
+    # Every entry trusted: the leftmost is as far as the chain goes.
+    assert client_address("127.0.0.1", "10.0.0.5, 10.0.0.6", proxies) == "10.0.0.5"
+    # A garbage entry stops the walk at the last trusted hop.
+    assert client_address("127.0.0.1", "203.0.113.7, unknown", proxies) == "127.0.0.1"
+    assert client_address("127.0.0.1", "203.0.113.7, unknown, 10.0.0.9", proxies) \
+        == "10.0.0.9"
+    # Ports, brackets, IPv6 and IPv4-mapped addresses.
+    assert client_address("127.0.0.1", "203.0.113.7:5555", proxies) == "203.0.113.7"
+    assert client_address("127.0.0.1", "[2001:db8::1]:443", proxies) == "2001:db8::1"
+    assert client_address("fd00::1", "2001:db8::2", proxies) == "2001:db8::2"
+    assert client_address("::ffff:127.0.0.1", "::ffff:203.0.113.9", proxies) == "203.0.113.9"
+
+
+def test_client_address_ignores_the_header_of_an_untrusted_peer():
+    proxies = parse_networks("10.0.0.0/8")
+    assert client_address("198.51.100.1", "203.0.113.7", proxies) == "198.51.100.1"
+    assert client_address("10.0.0.1", "", proxies) == "10.0.0.1"  # no header
+    assert client_address("10.0.0.1", "203.0.113.7", ()) == "10.0.0.1"  # none trusted
+
+
+def test_trusted_proxies_is_checked_like_exempt():
+    assert Config(trusted_proxies="127.0.0.1/32, ::1").trusted_networks == \
+        parse_networks("127.0.0.1/32,::1")
+    assert Config().trusted_networks == ()
+    with pytest.raises(ConfigError, match="--trusted-proxies: not an address"):
+        Config(trusted_proxies="10.0.0.0/8,proxy.example")
