@@ -597,7 +597,7 @@ class ChatServer:
                 got = W.read_head(tls.recv if tls is not None else io.recv)
                 if got is not None:
                     head = W.Head(got[0])
-                    channel = self._web_request(io, tls, send, head, got[1], peer)
+                    channel = self._web_request(io, tls, send, head, got[1], address[0])
         except ValueError as err:  # a malformed (or too long) request head
             log.info("web request refused peer=%s: %s", peer, err)
             self._try(send, W.error_response("400 Bad Request", "error: bad request"))
@@ -658,6 +658,11 @@ class ChatServer:
         head_only = head.method == "HEAD"
         if head.path == "/ws" and head.method == "GET":
             scheme = "https" if tls is not None else "http"
+            if in_networks(peer, self.config.trusted_networks):
+                # The page was served by the proxy (TLS there): its scheme is the origin's.
+                proto = head.headers.get("x-forwarded-proto", "").split(",")[-1].strip()
+                if proto in ("http", "https"):
+                    scheme = proto
             if W.origin_allowed(head, self.config.web_origin_list, scheme):
                 return W.upgrade(head, rest, io, self.config.max_line, tls)
             log.info("websocket refused peer=%s: origin %s", peer, head.headers.get("origin"))

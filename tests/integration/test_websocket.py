@@ -57,9 +57,12 @@ class WsClient:
     """A blocking WebSocket client: `lines` are the text frames received."""
 
     def __init__(self, port: int, origin: str | None = None, *, tls=None,
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        """`tls`: an ssl.SSLContext (wss); `headers`: more handshake headers."""
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                 headers: list[tuple[bytes, bytes]] | None = None,
+                 source: str | None = None) -> None:
+        """`tls`: an ssl.SSLContext (wss); `headers`: more handshake headers;
+        `source`: the local address to connect from (127.0.0.2: another host)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                             source_address=(source, 0) if source else None)
         if tls is not None:
             self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.ws = WSConnection(ConnectionType.CLIENT)
