@@ -15,7 +15,8 @@ from bench.logins import run_connect, run_idle
 from bench.report import summary
 from bench.server import DEFAULT_CMD, BenchError, Server, Target, supported_flags
 
-WORKLOADS = ("fanout", "fanout-w1", "fanout1000", "connect", "idle", "logins")
+WORKLOADS = ("fanout", "fanout-ws", "fanout-w1", "fanout1000", "connect", "idle", "idle-ws",
+             "logins")
 GROUP = "benchgrp"
 SERVER_CPU, DRIVER_CPU = 0, 1
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--server-args", default="", help="extra server arguments (shell words)")
     ap.add_argument("--addr", help="HOST:PORT of an already running server (no fresh server)")
+    ap.add_argument("--web-addr", help="HOST:PORT of the --addr server's web port (the -ws "
+                    "workloads)")
     ap.add_argument("--pid", type=int, help="PID of the --addr server, for its CPU and RSS")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server and driver to CPUs")
     ap.add_argument("--json", action="store_true", help="print one JSON object per workload")
@@ -51,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{opt} must be positive")
     if args.addr:
         args.addr = _loopback_addr(ap, args.addr)
+    if args.web_addr:
+        args.web_addr = _loopback_addr(ap, args.web_addr)
     return args
 
 
@@ -66,9 +71,8 @@ def _loopback_addr(ap: argparse.ArgumentParser, text: str) -> tuple[str, int]:
 
 
 def _fanout_spec(name: str, args: argparse.Namespace) -> FanoutSpec:
-    r, s, w = {"fanout": (100, 4, 128), "fanout-w1": (100, 4, 1), "fanout1000": (1000, 1, 128)}[
-        name
-    ]
+    r, s, w = {"fanout": (100, 4, 128), "fanout-ws": (100, 4, 128), "fanout-w1": (100, 4, 1),
+               "fanout1000": (1000, 1, 128)}[name]
     if name != "fanout-w1" and args.window is not None:
         w = args.window
     return FanoutSpec(
@@ -77,6 +81,7 @@ def _fanout_spec(name: str, args: argparse.Namespace) -> FanoutSpec:
         window=w,
         duration=args.duration,
         conc=args.conc,
+        ws=name.endswith("-ws"),
     )
 
 
@@ -85,8 +90,8 @@ def run_workload(name: str, args: argparse.Namespace, target: Target) -> dict:
     prefix = "b" + secrets.token_hex(2)
     if name == "connect":
         return run_connect(target, args.conns or 2000, args.conc, prefix)
-    if name == "idle":
-        return run_idle(target, args.conns or 10000, args.conc, prefix)
+    if name in ("idle", "idle-ws"):
+        return run_idle(target, args.conns or 10000, args.conc, prefix, ws=name == "idle-ws")
     if name == "logins":
         return {"error": "logins needs a fresh server (it seeds the data directory): no --addr"}
     return run_fanout(target, _fanout_spec(name, args), prefix, GROUP)
@@ -104,7 +109,8 @@ def run_on_fresh_server(name: str, args: argparse.Namespace, flags: set[str], pi
                                 args.conc)
         else:
             server.start()
-            result = run_workload(name, args, Target(server.addr, server.pid, _cpus(pin)))
+            result = run_workload(name, args, Target(server.addr, server.pid, _cpus(pin),
+                                                     server.web_addr))
     except BenchError as e:
         result["error"] = str(e)
     finally:
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.workloads or WORKLOADS:
         if args.addr:
             # We did not pin that server: "other" CPU is measured over all CPUs.
-            result = run_workload(name, args, Target(args.addr, args.pid, None))
+            result = run_workload(name, args, Target(args.addr, args.pid, None, args.web_addr))
         else:
             result = run_on_fresh_server(name, args, flags, pin)
         result = {"workload": name, "mode": _mode(name), **result}
@@ -160,7 +166,7 @@ def _cpus(pin: int | None) -> set[int] | None:
 
 
 def _mode(name: str) -> str:
-    return name if name in ("connect", "idle", "logins") else "fanout"
+    return name if name in ("connect", "idle", "idle-ws", "logins") else "fanout"
 
 
 def _describe(args: argparse.Namespace, flags: set[str], pin: int | None) -> None:

@@ -7,8 +7,10 @@ over by polling `Pool.ep` themselves.
 """
 
 import errno
+import os
 import select
 import socket
+import struct
 import time
 from typing import NamedTuple
 
@@ -41,8 +43,65 @@ def join_step(group: str) -> Step:
     return Step(b"join %s\n" % group.encode(), (b"ok: joined group ",))
 
 
+# ---------------------------------------------------------------- WebSocket, minimal
+# The web port's client side in a few lines, for the WebSocket workloads: the
+# upgrade request, masked client frames (RFC 6455 requires a mask; one random key
+# per batch of frames), and server frames (unmasked) back to LF-ended lines.
+
+WS_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: %b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: YmVuY2hiZW5jaGJlbmNoYg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 1, 8, 9, 10
+
+
+def ws_mask(payload: bytes, key: bytes) -> bytes:
+    """XOR with the 4-byte key, in C (one big-int operation), not byte by byte."""
+    n = len(payload)
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
+
+
+def ws_frame(payload: bytes, key: bytes | None = None, opcode: int = OP_TEXT) -> bytes:
+    """One masked client frame."""
+    key = key or os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
+    return head + key + ws_mask(payload, key)
+
+
+def ws_deframe(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """Server frames in `data`: the text ones as LF-ended lines, the incomplete
+    rest, and the payloads of pings (to answer). A close reads as no line."""
+    out, pings = [], []
+    i, n = 0, len(data)
+    while i + 2 <= n:
+        length, h = data[i + 1] & 0x7F, 2
+        if length == 126:
+            if i + 4 > n:
+                break
+            length, h = int.from_bytes(data[i + 2 : i + 4], "big"), 4
+        elif length == 127:
+            if i + 10 > n:
+                break
+            length, h = int.from_bytes(data[i + 2 : i + 10], "big"), 10
+        if i + h + length > n:
+            break
+        op = data[i] & 0x0F
+        if op in (OP_TEXT, 0):  # continuation frames are not sent by chatsrv
+            out.append(data[i + h : i + h + length] + b"\n")
+        elif op == OP_PING:
+            pings.append(data[i + h : i + h + length])
+        i += h + length
+    return b"".join(out), data[i:], pings
+
+
 class Conn:
-    __slots__ = ("sock", "fd", "steps", "buf", "connecting", "started", "done_at", "error")
+    __slots__ = ("sock", "fd", "steps", "buf", "connecting", "started", "done_at", "error",
+                 "raw", "handshake")
 
     def __init__(self, sock: socket.socket, steps: list[Step]):
         self.sock = sock
@@ -53,14 +112,17 @@ class Conn:
         self.started = time.monotonic()
         self.done_at: float | None = None
         self.error: str | None = None
+        self.raw = b""  # WebSocket: bytes of an incomplete frame (frame-aligned tail)
+        self.handshake = False  # WebSocket: the 101 is awaited
 
 
 class Pool:
     """Opens connections, runs their steps with bounded concurrency, drains ready ones."""
 
-    def __init__(self, addr: tuple[str, int], rcvbuf: int = 0):
+    def __init__(self, addr: tuple[str, int], rcvbuf: int = 0, ws: bool = False):
         self.addr = addr
         self.rcvbuf = rcvbuf
+        self.ws = ws  # speak WebSocket (the web port's /ws) instead of lines
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.in_progress: set[Conn] = set()
@@ -139,6 +201,10 @@ class Pool:
             return
         c.connecting = False
         self.ep.modify(c.fd, select.EPOLLIN)
+        if self.ws:
+            c.handshake = True
+            c.sock.send(WS_UPGRADE % ("%s:%d" % self.addr).encode())
+            return
         self._send_step(c)
 
     def _readable(self, c: Conn) -> None:
@@ -151,12 +217,32 @@ class Pool:
             return
         if n == 0:
             self._fail(c, "EOF")
+        elif self.ws:
+            self._ws_readable(c, bytes(self.scratch[:n]))
         elif c.steps:
             c.buf += self.scratch[:n]
             self._match(c)
         else:
             nl = self.scratch.rfind(b"\n", 0, n)
             c.buf = c.buf + self.scratch[:n] if nl < 0 else bytes(self.scratch[nl + 1 : n])
+
+    def _ws_readable(self, c: Conn, data: bytes) -> None:
+        data = c.raw + data
+        if c.handshake:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                c.raw = data
+                return
+            if not data.startswith(b"HTTP/1.1 101 "):
+                self._fail(c, "upgrade refused: " + data.split(b"\r\n", 1)[0].decode())
+                return
+            c.handshake, data = False, data[end + 4 :]
+        lines, c.raw, pings = ws_deframe(data)
+        for ping in pings:
+            ws_pong(c.sock, ping)
+        if c.steps:
+            c.buf += lines
+            self._match(c)
 
     def _match(self, c: Conn) -> None:
         while c.steps:
@@ -179,6 +265,8 @@ class Pool:
         line = c.steps[0].line if c.steps else None
         if line is None:
             return
+        if self.ws:
+            line = ws_frame(line.rstrip(b"\n"))
         try:
             sent = c.sock.send(line)
         except OSError as e:
@@ -200,3 +288,10 @@ class Pool:
         else:
             self.dropped.append(c)
         self.forget(c)
+
+
+def ws_pong(sock: socket.socket, payload: bytes) -> None:
+    try:
+        sock.send(ws_frame(payload, opcode=OP_PONG))
+    except OSError:
+        pass

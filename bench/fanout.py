@@ -17,16 +17,35 @@ C, per read, that every line is a delivery, and counts, orders and ties each
 one to its sender. Only when it fails is every line of that read parsed, which
 tells gaps (lost deliveries), reordering and stray lines (late notices) apart.
 Latency comes from one randomly chosen line per SAMPLE_EVERY deliveries.
+
+Over WebSocket (`ws`, the web port) the same holds frame by frame: every
+delivery is one text frame of the same length (a 2-byte header, the line
+without its LF), so the check column is read with the frame's length as the
+stride, 2 bytes further on. Senders send one masked frame per line, as a
+browser does. Only a read that fails the check is deframed in Python.
 """
 
+import copy
+import os
 import random
 import select
 import time
 from dataclasses import dataclass
 
-from bench.clients import MAX_TAIL, RECV_SIZE, Conn, Pool, create_step, join_step, login_steps
+from bench.clients import (
+    MAX_TAIL,
+    RECV_SIZE,
+    Conn,
+    Pool,
+    create_step,
+    join_step,
+    login_steps,
+    ws_deframe,
+    ws_frame,
+    ws_pong,
+)
 from bench.report import percentile
-from bench.server import Target
+from bench.server import BenchError, Target
 
 SAMPLE_EVERY = 64
 TS_DIGITS = 19  # time.time_ns() has 19 digits until the year 2286
@@ -46,6 +65,7 @@ class FanoutSpec:
     payload: int = 64
     conc: int = 50
     drain: float = 10.0
+    ws: bool = False  # over the web port's WebSocket door instead of the chat port
 
 
 class Layout:
@@ -69,6 +89,17 @@ class Layout:
         reps = (RECV_SIZE + MAX_TAIL) // self.line_len // m + 2
         self.expected = [a * reps for a in self.alphabets]
         self.markers = [b"from %b] t=" % n.encode() for n in self.names]
+
+    def framed(self) -> "Layout":
+        """The same layout for WebSocket frames: each line is a 2-byte header and
+        the line without its LF, one byte longer, its columns 2 bytes later."""
+        if self.line_len - 1 >= 126:
+            raise ValueError("a delivery must fit a 2-byte frame header")
+        lay = copy.copy(self)
+        lay.line_len += 1
+        lay.ts_off += 2
+        lay.check_off += 2
+        return lay
 
     def payload(self, s: int, t: int, q: int) -> bytes:
         alphabet = self.alphabets[s]
@@ -179,6 +210,57 @@ class Receiver:
             samples.append((now_ns - int(buf[p : p + TS_DIGITS])) // 1000)
 
 
+class WsReceiver(Receiver):
+    """A receiver on the WebSocket door: frames instead of lines (see the top)."""
+
+    __slots__ = ("flay",)
+
+    def __init__(self, conn: Conn, senders: int, flay: Layout):
+        super().__init__(conn, senders)
+        self.tail = conn.raw  # an incomplete frame left over from logging in
+        self.flay = flay
+
+    def on_readable(self, buf: bytearray, view: memoryview, now_ns: int, sh: Shared) -> str | None:
+        k = len(self.tail)
+        if k > MAX_TAIL:
+            return "frame too long from server"
+        if k:
+            buf[:k] = self.tail
+        try:
+            n = self.conn.sock.recv_into(view[k:], RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return f"recv: {e}"
+        if n == 0:
+            return "EOF"
+        total = k + n
+        lay = self.flay
+        end = total - total % lay.line_len
+        counts = self._fast_count(buf, end, lay) if end else None
+        if counts is not None:
+            self.tail = bytes(buf[end:total])
+            for s, c in enumerate(counts):
+                self.last_q[s] += c
+                sh.acked[s] += c
+            got = sum(counts)
+            self.acc += got
+            if self.acc >= SAMPLE_EVERY:
+                self._sample(buf, end, now_ns, lay, sh.samples)
+        else:  # another frame (a notice, a ping) or a gap: deframe and parse
+            lines, self.tail, pings = ws_deframe(bytes(buf[:total]))
+            for ping in pings:
+                ws_pong(self.conn.sock, ping)
+            if not lines:
+                return None
+            sh.slow_reads += 1
+            got = self._slow_count(bytearray(lines), len(lines), sh)
+        if got:
+            self.delivered += got
+            sh.last_ns = now_ns
+        return None
+
+
 def _sender_and_seq(line: bytes, lay: Layout) -> tuple[int | None, int]:
     for s, marker in enumerate(lay.markers):
         p = line.find(marker)
@@ -190,9 +272,9 @@ def _sender_and_seq(line: bytes, lay: Layout) -> tuple[int | None, int]:
 
 
 class Sender:
-    __slots__ = ("conn", "idx", "head", "layout", "sent", "pending", "want_out", "error")
+    __slots__ = ("conn", "idx", "head", "layout", "sent", "pending", "want_out", "error", "ws")
 
-    def __init__(self, conn: Conn, idx: int, group: str, layout: Layout):
+    def __init__(self, conn: Conn, idx: int, group: str, layout: Layout, ws: bool = False):
         self.conn = conn
         self.idx = idx
         self.head = b"public %b " % group.encode()
@@ -201,14 +283,21 @@ class Sender:
         self.pending = b""  # bytes the socket did not take yet
         self.want_out = False  # registered for EPOLLOUT because of `pending`
         self.error: str | None = None
+        self.ws = ws  # one masked frame per line (one random key per batch)
 
     def send_batch(self, count: int, ep: select.epoll) -> None:
         t = time.time_ns()
         payload, s, head = self.layout.payload, self.idx, self.head
         first = self.sent + 1
-        self.pending = b"".join(
-            head + payload(s, t, q) + b"\n" for q in range(first, first + count)
-        )
+        if self.ws:
+            key = os.urandom(4)
+            self.pending = b"".join(
+                ws_frame(head + payload(s, t, q), key) for q in range(first, first + count)
+            )
+        else:
+            self.pending = b"".join(
+                head + payload(s, t, q) + b"\n" for q in range(first, first + count)
+            )
         self.sent += count
         self.flush(ep)
 
@@ -253,7 +342,10 @@ class Fanout:
         self.target = target
         self.prefix = prefix
         self.group = group
-        self.pool = Pool(target.addr, rcvbuf=RCVBUF)
+        if spec.ws and target.web_addr is None:
+            raise BenchError("the WebSocket workloads need the server's web port")
+        addr = target.web_addr if spec.ws else target.addr
+        self.pool = Pool(addr, rcvbuf=RCVBUF, ws=spec.ws)
         self.layout = Layout(prefix, group, spec.senders, spec.payload)
         self.sh = Shared(self.layout)
         self.out: dict = {
@@ -262,6 +354,7 @@ class Fanout:
             "window": spec.window,
             "duration_s": spec.duration,
             "payload_bytes": spec.payload,
+            "transport": "ws" if spec.ws else "tcp",
         }
 
     def run(self) -> dict:
@@ -289,9 +382,14 @@ class Fanout:
         if failed:
             self.out["error"] = f"{len(failed)} logins failed, first: {failed[0].error}"
         alive = [c for c in first + rest if c.error is None]
-        self.receivers = {c.fd: Receiver(c, spec.senders) for c in alive}
+        if spec.ws:
+            flay = self.layout.framed()
+            self.receivers = {c.fd: WsReceiver(c, spec.senders, flay) for c in alive}
+        else:
+            self.receivers = {c.fd: Receiver(c, spec.senders) for c in alive}
         self.all_receivers = list(self.receivers.values())  # kept when one drops
-        self.senders = {c.fd: Sender(c, i, g, self.layout) for i, c in enumerate(senders)}
+        self.senders = {c.fd: Sender(c, i, g, self.layout, spec.ws)
+                        for i, c in enumerate(senders)}
         # Like the Go loadgen: go on without failed receivers, not without a sender.
         return bool(alive) and not any(c.error for c in senders)
 

@@ -40,10 +40,13 @@ def run_connect(target: Target, n: int, conc: int, prefix: str) -> dict:
     return out
 
 
-def run_idle(target: Target, n: int, conc: int, prefix: str) -> dict:
+def run_idle(target: Target, n: int, conc: int, prefix: str, ws: bool = False) -> dict:
+    """RSS per idle logged-in connection; `ws`: over the web port's WebSocket door."""
+    if ws and target.web_addr is None:
+        return {"error": "idle-ws needs the server's web port (--web-addr with --addr)"}
     time.sleep(IDLE_BASELINE_WAIT_S)
     before = rss_bytes(target.pid) if target.pid else None
-    pool = Pool(target.addr)
+    pool = Pool(target.web_addr if ws else target.addr, ws=ws)  # type: ignore[arg-type]
     try:
         meter = target.meter()
         t0 = time.monotonic()

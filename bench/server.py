@@ -26,6 +26,7 @@ class Target:
     addr: tuple[str, int]
     pid: int | None
     cpus: set[int] | None  # server's and driver's CPUs when pinned; None = all
+    web_addr: tuple[str, int] | None = None  # the web port (WebSocket workloads)
 
     def meter(self) -> CpuMeter:
         return CpuMeter(self.pid, self.cpus)
@@ -60,6 +61,7 @@ class Server:
     def __init__(self, cmd: list[str], flags: set[str], extra: list[str], pin_cpu: int | None):
         self.cmd, self.flags, self.extra, self.pin_cpu = cmd, flags, extra, pin_cpu
         self.port = free_port()
+        self.web_port = free_port() if "--web-port" in flags else 0
         self.dir = tempfile.mkdtemp(prefix="chatsrv-bench-")
         self.log_path = os.path.join(self.dir, "server.log")
         self.proc: subprocess.Popen | None = None
@@ -67,6 +69,10 @@ class Server:
     @property
     def addr(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
+
+    @property
+    def web_addr(self) -> tuple[str, int] | None:
+        return ("127.0.0.1", self.web_port) if self.web_port else None
 
     @property
     def pid(self) -> int:
@@ -81,6 +87,7 @@ class Server:
             ("--http-port", "0"),
             ("--data-dir", os.path.join(self.dir, "data")),
             ("--max-clients", "20000"),
+            ("--web-port", str(self.web_port)),  # its own, never the default 8080
         ]
         opts = [x for flag, val in wanted if flag in self.flags for x in (flag, val)]
         prefix = []
