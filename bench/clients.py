@@ -203,7 +203,7 @@ class Pool:
         self.ep.modify(c.fd, select.EPOLLIN)
         if self.ws:
             c.handshake = True
-            c.sock.send(WS_UPGRADE % ("%s:%d" % self.addr).encode())
+            c.sock.send(WS_UPGRADE % f"{self.addr[0]}:{self.addr[1]}".encode())
             return
         self._send_step(c)
 

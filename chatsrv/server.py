@@ -825,6 +825,7 @@ class ChatServer:
                     data = framer(queue)
                     queue.clear()
                     conn.write(data, True)  # type: ignore[union-attr]
+        W.forget_frames()
 
     # ------------------------------------------------------------ administration
 

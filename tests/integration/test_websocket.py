@@ -269,7 +269,11 @@ def test_a_delivery_is_framed_once_for_the_whole_fan_out():
     from chatsrv.net.websocket import frame_line, frame_lines
     line = b"[public group General from bob] hi\n"
     assert frame_line(line) == b"\x81" + bytes((len(line) - 1,)) + line[:-1]
-    assert frame_line(line) is frame_line(line)  # cached by identity
+    assert frame_line(line) is frame_line(line)  # cached
+    other = b"[public group General from bob] ho\n"
+    first = frame_line(line)
+    frame_line(other)
+    assert frame_line(line) is first  # a queue of several deliveries still hits
     long = b"x" * 70000 + b"\n"
     assert frame_line(long)[:2] == b"\x81\x7f" and frame_line(long).endswith(b"x")
     assert frame_line(b"one\ntwo\n") == frame_lines(b"one\ntwo\n") == b"\x81\x03one\x81\x03two"

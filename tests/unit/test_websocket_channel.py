@@ -63,3 +63,50 @@ def test_lines_in_both_directions():
     assert (lines, over) == ("ping\npublic General hé\n".encode(), False)
     events = received(client, [channel.encrypt(b"ok: pong\nsecond\n")])
     assert [e.data for e in events if isinstance(e, TextMessage)] == ["ok: pong", "second"]
+
+
+def test_frames_split_anywhere_mixed_with_control_frames_and_fragments():
+    """The fast path (whole masked text frames) and wsproto (the rest) keep one
+    ordered stream, however the bytes are cut."""
+    channel, client, sent, dead = pair(max_line=4096)
+    stream = b"".join([
+        client.send(Message(data="one")),
+        client.send(Ping(payload=b"p")),
+        client.send(Message(data="tw", message_finished=False)),
+        client.send(Message(data="o", message_finished=True)),
+        client.send(Message(data="x" * 300)),  # a 2-byte extended length
+        client.send(Message(data="hé\nthree")),
+    ])
+    for step in (1, 2, 3, 7, len(stream)):
+        channel, client2, sent, dead = pair(max_line=4096)
+        got = b""
+        for i in range(0, len(stream), step):
+            lines, over = channel.decrypt(stream[i:i + step])
+            assert not over
+            got += lines
+        assert got == b"one\ntwo\n" + b"x" * 300 + "\nhé\nthree\n".encode()
+        assert b"".join(sent).startswith(b"\x8a\x01p")  # the pong, in order
+
+
+def test_bad_frames_still_close_with_their_codes():
+    from wsproto.events import CloseConnection
+
+    def close_code(data: bytes, max_line: int = 100) -> int:
+        channel, client, sent, dead = pair(max_line)
+        over = False
+        for i in range(0, len(data), 5):  # in pieces: an incomplete frame too
+            over = channel.decrypt(data[i:i + 5])[1]
+            if over:
+                break
+        assert over and channel.end_reason == "error"
+        events = received(client, sent)
+        return next(e.code for e in events if isinstance(e, CloseConnection))
+
+    _, client, _, _ = pair()
+    masked = client.send(Message(data="ok"))
+    key = masked[2:6]
+    bad = bytes(b ^ key[i % 4] for i, b in enumerate(b"\xff\xfe"))
+    assert close_code(bytes((0x81, 0x82)) + key + bad) == 1007  # invalid UTF-8
+    assert close_code(client.send(Message(data="y" * 500))) == 1009  # over --max-line
+    assert close_code(client.send(Message(data=b"\x00"))) == 1003  # binary
+    assert close_code(bytes((0x81, 0x02)) + b"hi") == 1002  # not masked
