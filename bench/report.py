@@ -78,7 +78,7 @@ def _logins(r: dict) -> str:
     return f"conc={r.get('concurrency')} | " + " | ".join(parts) + f" | {_cpu(r)}"
 
 
-_BODIES = {"fanout": _fanout, "connect": _connect, "idle": _idle, "logins": _logins}
+_BODIES = {"fanout": _fanout, "connect": _connect, "idle": _idle, "idle-ws": _idle, "logins": _logins}
 
 
 def summary(r: dict) -> str:

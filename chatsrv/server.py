@@ -221,6 +221,7 @@ class ChatServer:
                                     exempt=config.exempt_networks, clock=time.monotonic)
         self._busy_log: dict[str, list] = {}  # reason -> [logged at, refused since]
         self._sweeper: Any | None = None  # a gevent timer (gevent has no types)
+        self._ws_pings: Any | None = None  # the WebSocket sessions' ping timer
         self.disconnects: Counter[str] = Counter()
         self.hasher = Hasher()
         self.logins: Counter[str] = Counter()  # chatsrv_logins_total{result}
@@ -294,6 +295,8 @@ class ChatServer:
         if web is not None:
             web.start()
             self._web = web
+            pings = self._ws_pings = self.loop.timer(W.CHECK_EVERY_S, W.CHECK_EVERY_S)
+            pings.start(self._ping_websockets)
             host = self.config.web_host
             log.info("web client on %s://%s:%d/", "https" if self._tls else "http",
                      f"[{host}]" if ":" in host else host, web.server_port)
@@ -421,6 +424,8 @@ class ChatServer:
             self._web.close()
         if self._sweeper is not None:
             self._sweeper.close()
+        if self._ws_pings is not None:
+            self._ws_pings.close()
         sessions = list(self.sessions)
         log.info("shutting down: %d sessions", len(sessions))
         for session in sessions:
@@ -514,6 +519,16 @@ class ChatServer:
         except Exception:
             log.exception("server error sweeping per-address state")
 
+    def _ping_websockets(self) -> None:
+        """Every WebSocket session's ping check (websocket.py `_check`); one answering
+        nothing is ended, reason `timeout`."""
+        try:
+            for session in [s for s in self.sessions if s.framer is not None]:
+                if session.tls._check():  # type: ignore[union-attr]
+                    session.abort("timeout")
+        except Exception:
+            log.exception("server error pinging WebSocket sessions")
+
     def save_last_logins(self) -> None:
         """Accounts' last logins, batched (every sweep and at shutdown), not fsynced."""
         if self._last_logins:
@@ -594,7 +609,8 @@ class ChatServer:
         channel = None
         try:
             with gevent.Timeout(self.config.login_timeout):
-                got = W.read_head(tls.recv if tls is not None else io.recv)
+                got = W.read_head(tls.recv if tls is not None
+                                  else (lambda size: W.recv_shared(io, size)))
                 if got is not None:
                     head = W.Head(got[0])
                     channel = self._web_request(io, tls, send, head, got[1], address[0])
@@ -626,9 +642,7 @@ class ChatServer:
         session.addr_key = key
         session.transport = "wss" if tls is not None else "ws"
         channel.send = session.write
-        session.framer = channel.frame_queue
-        channel.on_dead = lambda: session.abort("timeout")
-        channel.start_pings(self.loop)
+        session.framer = channel  # callable: frame_queue
         self._opened(session)
         log.info("connect id=%d peer=%s transport=%s", session.id, peer, session.transport)
         return session
@@ -692,7 +706,7 @@ class ChatServer:
         """A username line: log in, cluster-wide with a backplane; raises LoginRefused.
         `account`: the key of the account it logged in to (None: a guest)."""
         hub = self.hub
-        addr = address_key(session.host)  # --create-rate counts this
+        addr = address_key(session.host or session.peer.rsplit(":", 1)[0])  # --create-rate
         if hub.outbox is None:
             return hub.login(text, session, addr=addr, account=account)
         name = hub.check_name(text)
@@ -784,8 +798,6 @@ class ChatServer:
 
     def session_closed(self, session: Session, reason: str) -> None:
         self.sessions.discard(session)
-        if isinstance(session.tls, W.WsChannel):
-            session.tls.stop_pings()
         self._release(session.addr_key, session.user is not None)
         self.disconnects[reason] += 1
         self.closed_bytes_in += session.bytes_in

@@ -109,9 +109,9 @@ class Session:
         self.server = server
         self.sock = sock
         self.peer = peer
-        # The client's address, what per-address limits and --create-rate count:
-        # the peer's, or behind a trusted proxy the one X-Forwarded-For names.
-        self.host = peer.rsplit(":", 1)[0]
+        # Behind a trusted proxy, the client's address X-Forwarded-For names: what
+        # --create-rate counts instead of the peer's.
+        self.host: str | None = None  # None: the peer's own (made when needed)
         self.transport = "tcp"  # tcp | tls | ws | wss: the metrics' {transport} label
         self.id = sid
         self.user: User | None = None

@@ -15,24 +15,23 @@ closes a connection that answered nothing for PING_DEAD_S.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import struct
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto import ConnectionType, WSConnection  # WSConnection: typing (unit tests)
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
-    AcceptConnection,
     BytesMessage,
     CloseConnection,
     Ping,
-    Request,
     TextMessage,
 )
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import LocalProtocolError
 
 log = logging.getLogger("chatsrv.web")
 
@@ -77,6 +76,20 @@ SECURITY_HEADERS = (
     b"Referrer-Policy: no-referrer\r\n"
     b"Cache-Control: no-cache\r\n"
 )
+
+
+# One receive buffer for the blocking reads before a session parks (the request
+# head, the login phase), as session.py has for TCP: a fresh bytes of the read
+# size, shrunk to what came, fragments the heap (it showed in `bench idle-ws`).
+_RECV_BUF = bytearray(HEAD_MAX)
+_RECV_VIEW = memoryview(_RECV_BUF)
+
+
+def recv_shared(sock, size: int) -> bytes:
+    """`sock.recv(size)` (a SockIO: waits for this greenlet only) into the shared
+    buffer, copied out before anything else runs."""
+    n = sock.recv_into(_RECV_BUF, min(size, HEAD_MAX))
+    return _RECV_VIEW[:n].tobytes()
 
 
 def static_file(name: str) -> bytes:
@@ -220,10 +233,11 @@ class WsChannel:
     set by the server once the session exists."""
 
     __slots__ = ("ws", "sock", "tls", "max_line", "size", "closing", "send", "last_rx",
-                 "pinged", "timer", "on_dead", "out", "partial", "end_reason", "raw",
+                 "pinged", "on_dead", "out", "partial", "end_reason", "raw",
                  "in_wsproto")
 
-    def __init__(self, ws: WSConnection, sock, max_line: int, tls=None) -> None:
+    def __init__(self, ws: WSConnection | Connection | None, sock, max_line: int,
+                 tls=None) -> None:
         self.ws = ws
         self.sock = sock
         # WSS: the TlsChannel under the frames (encrypt after framing, decrypt
@@ -241,9 +255,9 @@ class WsChannel:
         self.on_dead: Callable[[], None] | None = None
         self.last_rx = time.monotonic()
         self.pinged: float | None = None
-        self.timer: Any = None  # a gevent loop timer (gevent is untyped)
-        self.out: list[bytes] = []  # control frames for the next write
-        self.partial: list[bytes] = []  # the fragments of an unfinished message
+        # Lists only while there is something in them: an idle session pays for neither.
+        self.out: list[bytes] | None = None  # control frames for the next write
+        self.partial: list[bytes] | None = None  # the fragments of an unfinished message
 
     # ---------------------------------------------------------------- output
 
@@ -253,7 +267,7 @@ class WsChannel:
         framed = frame_lines(data) if data else b""
         if self.out:
             framed = b"".join(self.out) + framed
-            self.out.clear()
+            self.out = None
         return self.tls.encrypt(framed) if self.tls is not None else framed
 
     def frame_queue(self, queue: list[bytes]) -> bytes:
@@ -271,10 +285,16 @@ class WsChannel:
                 _batches[key] = framed
         if self.out:
             framed = b"".join(self.out) + framed
-            self.out.clear()
+            self.out = None
         return self.tls.encrypt(framed) if self.tls is not None else framed
 
+    # The session's `framer` is the channel itself: a bound method each would cost
+    # an idle session 64 bytes.
+    __call__ = frame_queue
+
     def _control(self, data: bytes) -> None:
+        if self.out is None:
+            self.out = []
         self.out.append(data)
         if self.send is not None:
             self.send(b"")  # the session's write: encrypt puts the frame in order
@@ -283,21 +303,22 @@ class WsChannel:
 
     def close(self, code: int, reason: str = "") -> None:
         """Close for bad input from the peer: the session ends with reason `error`."""
-        if self.closing or self.ws.state is not ConnectionState.OPEN:
+        if self.closing or not self._open():
             return
         self.closing = True
         self.end_reason = "error"
-        self._control(self.ws.send(CloseConnection(code=code, reason=reason)))
+        self._control(self._proto().send(CloseConnection(code=code, reason=reason)))
 
     def close_frame(self, reason: str) -> bytes:
         """Wire bytes of the close frame for a session ending with disconnect reason
         `reason` (CLOSE_FOR_REASON), after any pending control frame; b"" when
         there is none to send (the peer's input ended it, or a close went already)."""
         code = CLOSE_FOR_REASON.get(reason)
-        if code is None or self.closing or self.ws.state is not ConnectionState.OPEN:
+        if code is None or self.closing or not self._open():
             return b""
         self.closing = True
-        self.out.append(self.ws.send(CloseConnection(code=code[0], reason=code[1])))
+        self.out = [*(self.out or ()), self._proto().send(CloseConnection(code=code[0],
+                                                                          reason=code[1]))]
         return self.encrypt(b"")
 
     # ---------------------------------------------------------------- input
@@ -379,10 +400,22 @@ class WsChannel:
         return False
 
     def _wsproto(self, data: bytes, out: list[bytes]) -> bool:
-        self.ws.receive_data(data)
+        self._proto().receive_data(data)
         return self._events(out)
 
+    def _proto(self) -> Connection | WSConnection:
+        """wsproto's frame layer, made on first need: most sessions never send it
+        a frame (the fast path in _plain), and an idle one should not pay for it
+        (1.7 kB; the handshake's WSConnection, 4.6 kB, is dropped after the 101)."""
+        if self.ws is None:
+            self.ws = Connection(ConnectionType.SERVER)
+        return self.ws
+
+    def _open(self) -> bool:
+        return self.ws is None or self.ws.state is ConnectionState.OPEN
+
     def _events(self, out: list[bytes]) -> bool:
+        assert self.ws is not None  # _wsproto made it
         for event in self.ws.events():
             if isinstance(event, TextMessage):
                 chunk = event.data.encode()
@@ -392,11 +425,13 @@ class WsChannel:
                     return True
                 # A message's fragments wait here until it is complete (at most
                 # --max-line bytes), so the session never sees half a line.
+                if self.partial is None:
+                    self.partial = []
                 self.partial.append(chunk)
                 if event.message_finished:
                     out.extend(self.partial)
                     out.append(b"\n")
-                    self.partial.clear()
+                    self.partial = None
                     self.size = 0
             elif isinstance(event, BytesMessage):
                 self.close(CLOSE_UNSUPPORTED, "text frames only")
@@ -420,7 +455,8 @@ class WsChannel:
         lines, over = self._plain(b"")  # frames that came with the handshake
         if lines or over:
             return lines
-        recv = self.tls.recv if self.tls is not None else self.sock.recv
+        recv = self.tls.recv if self.tls is not None else (
+            lambda size: recv_shared(self.sock, size))
         while True:
             data = recv(size)
             if not data:
@@ -439,43 +475,68 @@ class WsChannel:
 
     # ---------------------------------------------------------------- pings
 
-    def start_pings(self, loop) -> None:
-        timer = self.timer = loop.timer(CHECK_EVERY_S, CHECK_EVERY_S)
-        timer.start(self._check)
-
-    def stop_pings(self) -> None:
-        if self.timer is not None:
-            self.timer.close()
-            self.timer = None
-
-    def _check(self) -> None:
-        if self.closing or self.ws.state is not ConnectionState.OPEN:
-            return
+    def _check(self) -> bool:
+        """Every CHECK_EVERY_S (the server's one timer for all WebSocket sessions:
+        a timer each cost an idle session ~300 bytes): ping after PING_IDLE_S of
+        silence; True when the peer answered nothing for PING_DEAD_S (then
+        `on_dead` too, if set)."""
+        if self.closing or not self._open():
+            return False
         now = time.monotonic()
         if self.pinged is not None:
             if now - self.pinged >= PING_DEAD_S - PING_IDLE_S and now - self.last_rx >= PING_DEAD_S:
-                self.stop_pings()
+                self.closing = True  # once
                 if self.on_dead is not None:
                     self.on_dead()
+                return True
         elif now - self.last_rx >= PING_IDLE_S:
             self.pinged = now
-            self._control(self.ws.send(Ping(payload=b"chatsrv")))
+            self._control(self._proto().send(Ping(payload=b"chatsrv")))
+        return False
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, section 1.3
+
+
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a handshake's Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def handshake_problem(head: Head) -> str | None:
+    """Why `head` is not an RFC 6455 opening handshake (section 4.2.1), or None."""
+    headers = head.headers
+    if head.method != "GET":
+        return "not GET"
+    if headers.get("upgrade", "").lower() != "websocket":
+        return "no Upgrade: websocket"
+    if "upgrade" not in (t.strip().lower() for t in headers.get("connection", "").split(",")):
+        return "no Connection: upgrade"
+    if headers.get("sec-websocket-version") != "13":
+        return "Sec-WebSocket-Version is not 13"
+    try:
+        if len(base64.b64decode(headers.get("sec-websocket-key", ""), validate=True)) != 16:
+            return "bad Sec-WebSocket-Key"
+    except ValueError:
+        return "bad Sec-WebSocket-Key"
+    return None
 
 
 def upgrade(head: Head, rest: bytes, sock, max_line: int, tls=None) -> WsChannel | None:
-    """Answer the handshake (101) and return the channel, or None after a 400.
-    `tls`: the connection's TlsChannel (WSS), which every byte goes through."""
-    ws = WSConnection(ConnectionType.SERVER)
+    """Answer the handshake (101, no extension nor subprotocol) and return the
+    channel, or None after a 400. Done here rather than by wsproto's WSConnection,
+    whose handshake objects (h11's) cost an idle session ~1.5 kB of fragmented
+    heap in `bench idle-ws`. `tls`: the connection's TlsChannel (WSS), which every
+    byte goes through."""
     send = sock.sendall if tls is None else (lambda data: sock.sendall(tls.encrypt(data)))
-    try:
-        ws.receive_data(head.raw)
-        events = list(ws.events())
-    except RemoteProtocolError:
-        events = []
-    if not events or not isinstance(events[0], Request):
+    problem = handshake_problem(head)
+    if problem is not None:
+        log.info("websocket handshake refused: %s", problem)
         send(error_response("400 Bad Request", "error: not a WebSocket handshake"))
         return None
-    send(ws.send(AcceptConnection()))
-    channel = WsChannel(ws, sock, max_line, tls)
+    send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Accept: "
+         + accept_key(head.headers["sec-websocket-key"]).encode() + b"\r\n\r\n")
+    channel = WsChannel(None, sock, max_line, tls)  # the frame layer comes when needed
     channel.raw = rest  # frames sent with the handshake: the first read's
     return channel

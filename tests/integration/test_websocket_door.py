@@ -277,3 +277,10 @@ def test_head_answers_like_get_without_a_body(door):
     assert head == head_part + b"\r\n\r\n"
     assert f"Content-Length: {len(body)}\r\n".encode() in head
     assert body.startswith(b"<!")
+
+
+def test_a_request_to_ws_that_is_not_a_handshake_gets_400(door):
+    server = door()
+    reply = raw_http(server.web_port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert reply.endswith(b"error: not a WebSocket handshake\n")

@@ -110,3 +110,22 @@ def test_bad_frames_still_close_with_their_codes():
     assert close_code(client.send(Message(data="y" * 500))) == 1009  # over --max-line
     assert close_code(client.send(Message(data=b"\x00"))) == 1003  # binary
     assert close_code(bytes((0x81, 0x02)) + b"hi") == 1002  # not masked
+
+
+def test_the_opening_handshake_is_checked_and_answered_as_rfc_6455_says():
+    from chatsrv.net.websocket import Head, accept_key, handshake_problem
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC's example
+
+    def head(**changes: str) -> Head:
+        headers = {"Host": "x", "Upgrade": "websocket", "Connection": "keep-alive, Upgrade",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                   "Sec-WebSocket-Version": "13", **changes}
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if v)
+        return Head(f"GET /ws HTTP/1.1\r\n{lines}\r\n".encode())
+
+    assert handshake_problem(head()) is None
+    assert handshake_problem(head(Upgrade="h2c")) == "no Upgrade: websocket"
+    assert handshake_problem(head(Connection="close")) == "no Connection: upgrade"
+    assert handshake_problem(head(**{"Sec-WebSocket-Version": "8"})) is not None
+    assert handshake_problem(head(**{"Sec-WebSocket-Key": "short"})) == "bad Sec-WebSocket-Key"
+    assert handshake_problem(head(**{"Sec-WebSocket-Key": ""})) == "bad Sec-WebSocket-Key"
