@@ -245,6 +245,8 @@ class Listener:
     def _removed(self, node: str, m: dict) -> None:
         if m.get("was"):
             self.hub.remote_removed(m["user"], m["group"], node, m["actor"])
+        else:  # asked to remove a member it no longer had: this mirror was behind
+            self.hub.remote_leave(m["user"], m["group"], node, False)
 
     def _login_failed(self, node: str, m: dict) -> None:
         accounts = self.bp.accounts
