@@ -148,14 +148,12 @@ def replace(hub: Hub, group: Group, fields: dict[str, str]) -> None:
     """Cluster mode: the group's roles as Redis has them now (its hash, `v` its
     version), replacing this node's (after (re)connecting: what it missed)."""
     if group.private:
-        hub.private_groups -= 1
+        hub.private_groups -= 1  # `apply` counts it again if it stays private
     group.private = group.invite_only = group.mods_post = group.joined_history = False
     group.mods, group.invited, group.banned, group.muted = {}, {}, {}, {}
     for field, value in fields.items():
         if field != "v":
             apply(hub, group, field, value)
-    if group.private:
-        hub.private_groups += 1
     group.reguard()
     group.rv = int(fields.get("v", 0))
 

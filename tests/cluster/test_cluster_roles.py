@@ -142,7 +142,9 @@ def test_roles_hold_on_both_nodes_and_after_a_restart(redis_server, make_server,
     kid = enter(connect, a, "kid")
     assert answer(kid, "join class") == "error: not allowed: you are banned from class"
 
-    # A timed mute whose end Redis holds: stud's ends in 3 s (as if set 599 min ago).
+    # A timed mute acknowledged just before the kill -9 of both nodes.
+    assert answer(teach, "mute class ta 10") == "ok: muted ta in class for 10 minutes"
+    # A timed mute whose end Redis holds: stud's ends in 3 s (as if set 597 min ago).
     redis_server.command("HSET", "chatsrv:roles:class", "mute:stud", repr(time.time() + 3))
     # Both nodes killed and restarted: everything is loaded back from Redis.
     for server in (a, b):
@@ -162,6 +164,8 @@ def test_roles_hold_on_both_nodes_and_after_a_restart(redis_server, make_server,
     assert answer(ta, "info class") == ("info: class owner teach moderators ta members 1 "
                                         "join invite post all history shared visibility "
                                         "private")
+    assert answer(ta, "join class") == "ok: joined group class"
+    assert answer(ta, "public class hi") == "error: not allowed: you are muted in class"
 
 
 def test_kick_on_another_node_races_the_victims_messages(redis_server, make_server,  # noqa: F811

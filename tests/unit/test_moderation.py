@@ -351,3 +351,22 @@ def test_in_a_cluster_changes_wait_for_redis_and_apply_in_its_order(hub, room):
     hub.unavailable = True
     assert ask(owner, "set class post moderators") == "error: cluster unavailable"
     assert not hub.roles_work
+
+
+def test_a_redis_roles_hash_loads_as_it_applies(hub):
+    """RedisStore.load_roles turns a group's hash into `restore`'s document
+    (`document`); a node reconnecting applies the hash itself (`replace`): same roles."""
+    fields = {"join": "invite", "post": "moderators", "visibility": "private",
+              "mod:mo": "Mo", "inv:mia": "Mia", "ban:ghost": "Ghost", "mute:gus": "1234.5",
+              "mute:ann": "inf", "v": "9"}
+    loaded = Group("class", "Owner", 0.0, 10)
+    M.restore(loaded, M.document("owner", fields))
+    applied = hub.add_group("class", "Owner")
+    applied.owner = "owner"
+    M.replace(hub, applied, fields)
+    assert M.snapshot(loaded) == M.snapshot(applied)
+    assert applied.rv == 9 and hub.private_groups == 1
+    assert loaded.muted == {"gus": 1234.5, "ann": float("inf")} and loaded.guarded
+    assert loaded.settings() == ["invite", "moderators", "shared", "private"]
+    M.replace(hub, applied, {"v": "10"})  # all removed meanwhile
+    assert hub.private_groups == 0 and not applied.guarded and not applied.mods
