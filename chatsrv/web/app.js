@@ -55,9 +55,8 @@ function renderNav() {
   for (const c of state.convs.values()) {
     if (c.kind === "group" && !c.joined) continue;
     total += c.unread;
-    const label = c.kind === "private" ? c.name : c.name;
-    const b = button(label, () => openConv(c.key),
-      c.unread ? `${label}, ${c.unread} unread` : undefined);
+    const b = button(c.name, () => openConv(c.key),
+      c.unread ? `${c.name}, ${c.unread} unread` : undefined);
     if (c.unread) b.append(el("span", String(c.unread), "badge"));
     if (c.key === state.open) b.setAttribute("aria-current", "true");
     const li = el("li");
@@ -65,6 +64,7 @@ function renderNav() {
     (c.kind === "group" ? groups : privates).push(li);
   }
   $("groups").replaceChildren(...groups);
+  if (!privates.length) privates.push(el("li", "Choose a name under Online", "hint"));
   $("privates").replaceChildren(...privates);
   $("menu-unread").textContent = total ? `(${total})` : "";
   document.title = total ? `(${total}) chatsrv` : "chatsrv";
@@ -124,6 +124,7 @@ function add(c, m) {
     const ol = $("messages");
     const atEnd = ol.scrollTop + ol.clientHeight >= ol.scrollHeight - 40;
     ol.append(item(m));
+    if (ol.childElementCount > 1000) ol.firstElementChild.remove();
     if (atEnd || m.mine) ol.scrollTop = ol.scrollHeight;
   } else if (m.from && !m.mine) {
     c.unread += 1;
@@ -203,7 +204,7 @@ function send(line) {
   return false;
 }
 
-function ask(what) { state.expect[what] += 1; send(what); }
+function ask(what) { if (send(what)) state.expect[what] += 1; }
 
 // At most one `users` refresh every 2 s, triggered by join/leave notices.
 function refreshUsers() {
