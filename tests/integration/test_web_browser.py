@@ -219,7 +219,7 @@ def test_a_browser_user_and_tcp_users_chat(shared, browser, login, tmp_path):
     (tmp_path / "web-375px.png").write_bytes(shot)
 
 
-def test_a_password_login_is_remembered_with_a_token(shared, browser, login):
+def test_a_password_login_is_remembered_with_a_token(shared, browser, login, connect):
     dora = login(shared, "dora")
     assert dora.request("register doras-secret-pw") == "ok: registered dora"
     dora.send("exit")
@@ -250,9 +250,27 @@ def test_a_password_login_is_remembered_with_a_token(shared, browser, login):
     text.send_keys("/exit", Keys.ENTER)  # `exit` means it: no reconnect
     wait(browser, lambda: status(browser).startswith("logged out"))
 
-    # "Log out" forgets the token: after a reload the page asks for the name.
+    # Another login to the account takes the session over: the page does not fight back.
     browser.refresh()
     wait(browser, lambda: status(browser) == "connected as dora")
+    dora = connect(shared)
+    dora.expect("enter a username:")
+    dora.send("dora doras-secret-pw")  # the one-line form
+    dora.expect("connected! welcome dora", "you joined the group General")
+    wait(browser, lambda: status(browser) == "disconnected: logged in from another connection")
+    # A password change revokes the token: the page asks for the password again.
+    assert dora.request("password doras-secret-pw doras-new-password") == "ok: password changed"
+    browser.refresh()
+    field = wait(browser, lambda: by_id(browser, "login-label").text == "Password for dora"
+                 and by_id(browser, "login-input"))
+    assert by_id(browser, "login-error").text.startswith("your remembered login has expired")
+    assert browser.execute_script("return localStorage.getItem('chatsrv.login')") is None
+    by_id(browser, "remember").click()
+    field.send_keys("doras-new-password", Keys.ENTER)
+    wait(browser, lambda: status(browser) == "connected as dora")
+    wait(browser, lambda: browser.execute_script("return localStorage.getItem('chatsrv.login')"))
+
+    # "Log out" forgets the token: after a reload the page asks for the name.
     by_id(browser, "logout").click()
     wait(browser, lambda: by_id(browser, "login-input").is_displayed())
     assert browser.execute_script("return localStorage.getItem('chatsrv.login')") is None
