@@ -139,6 +139,10 @@ def test_a_browser_user_and_tcp_users_chat(shared, browser, login, tmp_path):
     assert bob.request("join Lab") == "ok: joined group Lab"
     bob.send("public Lab notes from before you came")
     text = log_in(browser, shared, "alice")
+    # Keyboard: the composer has the focus after login, and it shows.
+    assert browser.switch_to.active_element == text
+    assert browser.execute_script(
+        "return getComputedStyle(document.activeElement).outlineStyle") == "solid"
     bob.read_until(lambda line: line == "* alice joined the group General")
 
     # Who is online: the TCP user, and one who arrives later (refreshed on the join notice).
