@@ -57,6 +57,7 @@ from .core.limits import (
     in_networks,
 )
 from .core.model import Group, RemoteUser, User
+from .core.moderation import Change
 from .core.protocol import GENERAL
 from .http import AdminHTTP, Connection
 from .metrics import ChatCounters, ClusterScrape, Scrape, StoreScrape
@@ -750,23 +751,44 @@ class ChatServer:
                 self.hub.reply(user, reply)
         self.schedule_flush()
 
-    def save_roles(self, work: list[tuple[User, Group, str]]) -> None:
+    def save_roles(self, work: list[tuple[User, Group, str, Change | None]]) -> None:
         """Store the roles of the groups `work` changed (a session's greenlet waits
-        on the writer thread; nobody else does), then queue each reply."""
+        on the writer thread; nobody else does), or in a cluster have Redis make
+        each change (`roles_in_cluster`), then queue each reply."""
         saved: dict[Group, bool] = {}
-        for user, group, reply in work:
-            ok = saved.get(group)
-            if ok is None:
-                try:
-                    self.writer.call(self.store.put_roles, group.name, moderation.snapshot(group))
-                    ok = True
-                except Exception as err:  # the store's failures: said, never fatal
-                    log.error("storing the roles of group %s failed: %s", group.name, err)
-                    ok = False
-                saved[group] = ok
+        for user, group, reply, change in work:
+            if change is not None:
+                reply = self.roles_in_cluster(change, reply)
+            else:
+                ok = saved.get(group)
+                if ok is None:
+                    try:
+                        self.writer.call(self.store.put_roles, group.name,
+                                         moderation.snapshot(group))
+                        ok = True
+                    except Exception as err:  # the store's failures: said, never fatal
+                        log.error("storing the roles of group %s failed: %s", group.name, err)
+                        ok = False
+                    saved[group] = ok
+                if not ok:
+                    reply = P.roles_not_stored(group.name)
             if self.hub.users.get(user.key) is user:  # not gone meanwhile
-                self.hub.reply(user, reply if ok else P.roles_not_stored(group.name))
+                self.hub.reply(user, reply)
         self.schedule_flush()
+
+    def roles_in_cluster(self, change: Change, reply: str) -> str:
+        """A role change (or a kick of another node's member) made through Redis:
+        `reply` once this node applied it (and the member it removes is out of the
+        group as this node hears it), or the error."""
+        backplane = self.backplane
+        try:
+            if change.field is not None and not backplane.change_roles(change):
+                return P.no_such_group(change.group.name)
+            if change.node is not None:
+                backplane.remove_remote(change)
+        except ClusterUnavailable:
+            return P.CLUSTER_UNAVAILABLE
+        return reply
 
     def login_result(self, result: str) -> None:
         """A refused login: `failed`, `throttled` or another refusal (`refused`)."""

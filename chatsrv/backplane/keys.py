@@ -3,7 +3,12 @@
 Keys (all under the `chatsrv:` prefix; one Redis database per cluster):
 
     chatsrv:users              hash  user key -> {"node", "name", "since", "peer"} (JSON)
-    chatsrv:groups             hash  group key -> {"name", "by", "at"} (JSON)
+    chatsrv:groups             hash  group key -> {"name", "by", "at", "owner"} (JSON)
+    chatsrv:roles:<group>      hash  the group's roles, one field per fact: `join`,
+                                     `post`, `history`, `visibility` -> value;
+                                     `mod:<user>`, `inv:<user>`, `ban:<user>` -> name;
+                                     `mute:<user>` -> end (Unix time) or `inf`;
+                                     `v` -> version (+1 per change)
     chatsrv:history:<group>    list  the group's last --history messages, [at, sender, text]
     chatsrv:nodes              set   node ids believed alive
     chatsrv:node:<id>          string, with a TTL: the node's heartbeat
@@ -29,13 +34,18 @@ is the sender's id (group keys and user keys are `protocol.name_key`s):
     login     node, name, since, peer, group (General's key), token (the claim's)
     logout    node, user
     join      node, user, group          leave     node, user, group
-    group     name, by, at               delgroup  node, group
+    group     name, by, at, owner        delgroup  node, group
+    roles     node, group, field, value (null: removed), actor, target, notice,
+              reason, token, v (a role change, written by ROLES: every node applies it)
+    removed   node, user, name, group, actor, was (the node removed its member)
     state     node, users ([name, since, peer, [group keys]] each)
     hello     node                       gone      node
     announce  node, text, group (a group name, or null: everyone)
     account   node, key (an account was created, changed or deleted: read it again)
     loginfail node, key, at (a failed login to that account, for the throttle)
     kick      name, reason (kicked | replaced; on the target node's channel)
+    remove    node, group, user, actor, reason (a moderator's kick of the target
+              node's member; on that node's channel)
 
 Nodes of different versions must not share a Redis (docs/scaling.md: upgrade
 by restarting every node). No password or token is ever written to Redis.
@@ -62,6 +72,10 @@ TOKEN_KEY = PREFIX + "token-key"
 
 def history(group_key: str) -> str:
     return f"{PREFIX}history:{group_key}"
+
+
+def roles(group_key: str) -> str:
+    return f"{PREFIX}roles:{group_key}"
 
 
 def heartbeat(node: str) -> str:
@@ -131,12 +145,13 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 """
 
-# Delete a group and its history, and tell every node (they drop it and tell their
-# members). Run by the publisher, after every message this node queued before.
-# KEYS: groups, history. ARGV: group key, ctl channel, message. Returns 1 if it existed.
+# Delete a group, its history and its roles, and tell every node (they drop it and
+# tell their members). Run by the publisher, after every message this node queued
+# before. KEYS: groups, history, roles. ARGV: group key, ctl channel, message.
+# Returns 1 if it existed.
 DELETE_GROUP = """
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 """
@@ -150,4 +165,23 @@ if v then return v end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return ''
+"""
+
+# One change of a group's roles: set (or remove) one field of its hash, count the
+# version up and announce the change with that version, atomically, so every node
+# applies the changes in the order Redis made them. One field per fact: changes
+# of two nodes to different facts of one group never overwrite each other.
+# Returns the version, or 0 if the group no longer exists (nothing written).
+# KEYS: groups, roles. ARGV: group key, field, value, remove ('1' or '0'), ctl
+# channel, message head, message tail (the version goes between).
+ROLES = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[4] == '1' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+local v = redis.call('HINCRBY', KEYS[2], 'v', 1)
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. v .. ARGV[7])
+return v
 """

@@ -56,12 +56,15 @@ class Listener:
             "announce": self._announce,
             "account": self._account,
             "loginfail": self._login_failed,
+            "roles": self._roles,
+            "removed": self._removed,
         }
         # This node's own control messages coming back, by type (the rest: nothing to do).
         self._own: dict[str, Handler] = {
             "join": self._own_join,
             "login": self._own_login,
             "gone": self._own_gone,
+            "roles": self._own_roles,
         }
 
     def run(self, ready: Event) -> None:
@@ -97,6 +100,10 @@ class Listener:
         bp.post(E.Sync(done))  # in order with the publisher's stream
         bp.wake()
         done.get(timeout=SYNC_TIMEOUT_S)
+        # Subscribed: what changes from now on is announced to this node, and the
+        # announcements wait on the socket until this is done. Read after that,
+        # Redis's roles hold every change made before (those missed while away).
+        bp.reload_roles()
 
     def _consume(self) -> None:
         bp = self.bp
@@ -144,9 +151,13 @@ class Listener:
         bp.schedule_flush()
 
     def _on_direct(self, message: dict) -> None:
-        if message.get("type") == "kick":
+        kind = message.get("type")
+        if kind == "kick":
             reason = "replaced" if message.get("reason") == "replaced" else "kicked"
             self.bp.kick_local(message["name"], reason)
+        elif kind == "remove":
+            self.hub.remove_request(message["group"], message["user"], message["actor"],
+                                    message.get("reason"))
 
     def _on_control(self, message: dict) -> None:
         # Every node's control messages name it; a store's `group` message does not,
@@ -167,6 +178,12 @@ class Listener:
         if claim is not None:
             claim.echoed = True
             claim.settle()
+
+    def _own_roles(self, node: str, m: dict) -> None:
+        self._roles(node, m)
+        echo = self.bp.roles_echoes.get(m.get("token", ""))
+        if echo is not None:
+            echo.set()
 
     def _own_gone(self, node: str, m: dict) -> None:
         bp = self.bp
@@ -195,7 +212,7 @@ class Listener:
         self.hub.remote_logout(m["user"], node)
 
     def _group(self, node: str, m: dict) -> None:
-        self.hub.remote_group(m["name"], m.get("by", ""), m.get("at", 0.0))
+        self.hub.remote_group(m["name"], m.get("by", ""), m.get("at", 0.0), m.get("owner"))
 
     def _group_deleted(self, node: str, m: dict) -> None:
         self.hub.remote_group_deleted(m["group"])
@@ -220,6 +237,16 @@ class Listener:
 
     def _account(self, node: str, m: dict) -> None:
         gevent.spawn(self.bp.fetch_account, m["key"])
+
+    def _roles(self, node: str, m: dict) -> None:
+        self.hub.remote_roles(m["group"], int(m["v"]), m["field"], m.get("value"), m["actor"],
+                              m.get("target"), m.get("notice"), m.get("reason"))
+
+    def _removed(self, node: str, m: dict) -> None:
+        if m.get("was"):
+            self.hub.remote_removed(m["user"], m["group"], node, m["actor"])
+        else:  # asked to remove a member it no longer had: this mirror was behind
+            self.hub.remote_leave(m["user"], m["group"], node, False)
 
     def _login_failed(self, node: str, m: dict) -> None:
         accounts = self.bp.accounts

@@ -38,12 +38,13 @@ from . import conn, keys
 from .heartbeat import Heartbeat
 from .listener import SYNC_TIMEOUT_S, Listener
 from .publisher import SUBSCRIBE_WAIT_S, Publisher
-from .store import account_from_json
+from .store import account_from_json, decoded
 
 if TYPE_CHECKING:
     from redis.client import PubSub
 
     from ..core.model import Group
+    from ..core.moderation import Change
     from . import AccountEvents, ClusterHub
 
 log = logging.getLogger("chatsrv.backplane")
@@ -120,6 +121,8 @@ class RedisBackplane:
         self.first_sync = True
         self.own_gone = 0  # "gone" messages about this node that this node published
         self.claims: dict[str, NameClaim] = {}  # by token, until their login event is back
+        # Role changes of this node, by token, set when their announcement is back.
+        self.roles_echoes: dict[str, Event] = {}
         self._tokens = itertools.count(1)
         self._greenlets: list[gevent.Greenlet] = []
         self.publisher = Publisher(self)
@@ -242,6 +245,56 @@ class RedisBackplane:
             result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
         except gevent.Timeout:
             raise ClusterUnavailable("Redis did not answer") from None
+
+    def change_roles(self, change: Change) -> bool:
+        """Have Redis make a role change and announce it (after everything this node
+        queued before); returns once this node applied it, False if the group no
+        longer exists. The caller's greenlet waits; raises ClusterUnavailable
+        (then this node changed nothing, and Redis did not either unless the
+        failure came after its answer: the next (re)connection reloads)."""
+        if self.hub.unavailable:
+            raise ClusterUnavailable("cluster unavailable")
+        token = str(next(self._tokens))
+        echo = self.roles_echoes[token] = Event()
+        result = AsyncResult()
+        try:
+            self.post(E.Roles(change, token, result))
+            self.wake()
+            version = result.get(timeout=conn.COMMAND_TIMEOUT_S + 1)
+            if not version:
+                return False
+            echo.wait(conn.COMMAND_TIMEOUT_S)
+            if not echo.is_set() and change.group.rv < version:
+                raise ClusterUnavailable("the change was not announced back")
+            return True
+        except gevent.Timeout:
+            raise ClusterUnavailable("Redis did not answer") from None
+        finally:
+            self.roles_echoes.pop(token, None)
+
+    def remove_remote(self, change: Change) -> None:
+        """A kick (or ban) of another node's member: a kick asks its node to remove
+        it. Returns once this node heard it is out of the group (that node's
+        `removed`, after every message it sent before, or it left), at most
+        KICK_WAIT_S."""
+        group, key = change.group, change.target
+        if change.field is None:
+            self._control(keys.node_channel(change.node or ""), {
+                "type": "remove", "node": self.node, "group": group.key, "user": key,
+                "actor": change.actor, "reason": change.reason})
+        deadline = time.monotonic() + KICK_WAIT_S
+        while key in group.remote and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+
+    def reload_roles(self) -> None:
+        """Every group's roles as Redis has them now (the listener, once subscribed)."""
+        gkeys = list(self.hub.groups)
+        pipe = self.redis.pipeline(transaction=False)
+        for gkey in gkeys:
+            pipe.hgetall(keys.roles(gkey))
+        for gkey, fields in zip(gkeys, pipe.execute(), strict=True):
+            self.hub.reload_roles(gkey, decoded(fields))
+        self.schedule_flush()
 
     def _abandon(self, claim: NameClaim) -> None:
         claim.abandoned = True

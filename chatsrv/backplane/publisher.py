@@ -75,6 +75,7 @@ _DROPPED: dict[type, Callable[[Any], None]] = {
     E.Follow: lambda e: e.done.set(),
     E.History: lambda e: _unavailable(e.result),
     E.Delete: lambda e: _unavailable(e.result),
+    E.Roles: lambda e: _unavailable(e.result),
 }
 
 
@@ -96,6 +97,8 @@ class Publisher:
             E.Follow: self._followed,
             E.Raw: self._raw,
             E.State: self._state,
+            E.Roles: self._roles,
+            E.Removed: self._removed,
         }
         # Public messages Redis did not take (an outage), oldest first: see HOLD_MAX.
         self.held: list[E.Public] = []
@@ -234,9 +237,29 @@ class Publisher:
     def _delete(self, batch: Batch, event: E.Delete) -> None:
         gkey = event.group.key
         batch.trim.discard(gkey)
-        batch.pipe.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(gkey), gkey, keys.CTL,
+        batch.pipe.eval(keys.DELETE_GROUP, 3, keys.GROUPS, keys.history(gkey), keys.roles(gkey),
+                        gkey, keys.CTL,
                         keys.dumps({"type": "delgroup", "node": self.bp.node, "group": gkey}))
         batch.reads.append((len(batch.pipe) - 1, event.result))
+
+    def _roles(self, batch: Batch, event: E.Roles) -> None:
+        change = event.change
+        gkey = change.group.key
+        message = keys.dumps({
+            "type": "roles", "node": self.bp.node, "group": gkey, "field": change.field,
+            "value": change.value, "actor": change.actor, "target": change.target,
+            "notice": change.notice, "reason": change.reason, "token": event.token})
+        batch.pipe.eval(keys.ROLES, 2, keys.GROUPS, keys.roles(gkey), gkey, change.field,
+                        change.value or "", "1" if change.value is None else "0", keys.CTL,
+                        message[:-1] + ',"v":', "}")
+        batch.reads.append((len(batch.pipe) - 1, event.result))
+
+    def _removed(self, batch: Batch, event: E.Removed) -> None:
+        batch.pipe.publish(keys.CTL, keys.dumps({
+            "type": "removed", "node": self.bp.node, "user": event.key, "name": event.name,
+            "group": event.gkey, "actor": event.actor, "was": event.was}))
+        if event.group is not None:
+            batch.touched.append(event.group)
 
     def _followed(self, batch: Batch, event: E.Follow) -> None:
         event.done.set()  # `_subscribe_first` has subscribed (or given up)
@@ -452,7 +475,8 @@ class Publisher:
             self._queue_claim(pipe, user.key, user.name, user.since, peer, None)
         for group in hub.groups.values():  # put them back if Redis lost its data
             pipe.hsetnx(keys.GROUPS, group.key, keys.dumps(
-                {"name": group.name, "by": group.created_by, "at": group.created_at}))
+                {"name": group.name, "by": group.created_by, "at": group.created_at,
+                 "owner": group.owner}))
         if bp.first_sync:  # other nodes drop the users of this id's earlier run
             bp.own_gone += 1
             pipe.publish(keys.CTL, keys.dumps({"type": "gone", "node": node}))

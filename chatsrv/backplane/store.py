@@ -20,6 +20,7 @@ import logging
 
 from ..core.accounts import Account
 from ..core.errors import ClusterUnavailable, GroupTaken
+from ..core.moderation import document
 from ..core.protocol import GENERAL, name_key
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
@@ -29,11 +30,13 @@ log = logging.getLogger("chatsrv.backplane")
 
 def _record(raw: bytes | str) -> GroupRecord:
     data = json.loads(raw)
-    return GroupRecord(data["name"], data.get("by", ""), float(data.get("at", 0.0)))
+    return GroupRecord(data["name"], data.get("by", ""), float(data.get("at", 0.0)),
+                       data.get("owner"))
 
 
 def _encode(record: GroupRecord) -> str:
-    return keys.dumps({"name": record.name, "by": record.created_by, "at": record.created_at})
+    return keys.dumps({"name": record.name, "by": record.created_by, "at": record.created_at,
+                       "owner": record.owner})
 
 
 class RedisStore(Store):
@@ -70,7 +73,7 @@ class RedisStore(Store):
 
     def _create(self, record: GroupRecord) -> GroupRecord | None:
         message = keys.dumps({"type": "group", "name": record.name, "by": record.created_by,
-                              "at": record.created_at})
+                              "at": record.created_at, "owner": record.owner})
         try:
             raw = self.redis.eval(keys.CREATE_GROUP, 1, keys.GROUPS, name_key(record.name),
                                   _encode(record), keys.CTL, message)
@@ -84,7 +87,8 @@ class RedisStore(Store):
         which would otherwise put the history list back. Kept for the Store contract."""
         key = name_key(name)
         try:
-            self.redis.eval(keys.DELETE_GROUP, 2, keys.GROUPS, keys.history(key), key,
+            self.redis.eval(keys.DELETE_GROUP, 3, keys.GROUPS, keys.history(key), keys.roles(key),
+                            key,
                             keys.CTL, keys.dumps({"type": "delgroup", "node": "", "group": key}))
         except conn.ERRORS as err:
             raise ClusterUnavailable(str(err)) from None
@@ -107,6 +111,22 @@ class RedisStore(Store):
         except conn.ERRORS as err:
             raise ClusterUnavailable(str(err)) from None
         return [_entry(r) for r in raw]
+
+    # ------------------------------------------------------------ group roles
+
+    def load_roles(self) -> list[tuple[str, str]]:
+        """Every group's roles (its owner from its record, the rest from its roles
+        hash) as the document `moderation.restore` takes."""
+        try:
+            groups = [_record(raw) for raw in self.redis.hgetall(keys.GROUPS).values()]
+            pipe = self.redis.pipeline(transaction=False)
+            for group in groups:
+                pipe.hgetall(keys.roles(name_key(group.name)))
+            hashes = pipe.execute()
+        except conn.ERRORS as err:
+            raise StoreError(f"cannot reach Redis at {conn.describe(self.url)}: {err}") from None
+        return [(g.name, document(g.owner, decoded(h)))
+                for g, h in zip(groups, hashes, strict=True) if g.owner is not None or h]
 
     # ------------------------------------------------------------ accounts
 
@@ -185,3 +205,10 @@ def account_from_json(raw: bytes | str, last_login: float | None) -> Account:
 def _entry(raw: bytes | str) -> Entry:
     at, sender, text = json.loads(raw)
     return float(at), sender, text
+
+
+def decoded(fields: dict) -> dict[str, str]:
+    """A hash as redis-py returns it (bytes, see conn.py) as text."""
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                           else v)
+            for k, v in fields.items()}

@@ -5,10 +5,11 @@ happened and drained once per loop turn by the backplane's publisher, which
 dispatches on the event's type (a table from class to method, not a chain of
 string tests). One class per kind, all immutable:
 
-- from the hub: `Join`, `Leave`, `Logout`, `Public`, `Private`, `Unfollow`;
+- from the hub: `Join`, `Leave`, `Logout`, `Public`, `Private`, `Unfollow`,
+  `Removed`;
 - from the backplane's callers (logins, `history`, group deletion, admin API)
   and its listener/heartbeat: `Claim`, `History`, `Delete`, `Follow`,
-  `Release`, `Raw`, `Sync`, `State`. These carry a waiter the publisher
+  `Release`, `Raw`, `Roles`, `Sync`, `State`. These carry a waiter the publisher
   settles once Redis answered; the waiter itself is mutable, the event not.
 
 `Public` is a `typing.NamedTuple`, the others frozen slots dataclasses: a
@@ -119,6 +120,22 @@ class Unfollow:
     group: GroupRef
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """The user of key `key` (shown as `name`) is out of the group of key `gkey`,
+    removed here by `actor` (kick or ban): other nodes drop it from their mirror
+    and tell their members. `was` False: it was no member here any more (the
+    answer to another node's removal request). `group`: the local group, whose
+    channel this node leaves if it has no local member left (None: unknown)."""
+
+    key: str
+    name: str
+    gkey: str
+    actor: str
+    was: bool
+    group: GroupRef | None
+
+
 # ------------------------------------------------------------ from the backplane's callers
 
 
@@ -170,6 +187,17 @@ class Raw:
 
 
 @dataclass(frozen=True, slots=True)
+class Roles:
+    """A change of a group's roles (a `moderation.Change`): written to Redis and
+    announced to every node in one atomic step; `result` hears 0 if the group is
+    gone, an exception if Redis failed (the echo settles it otherwise)."""
+
+    change: Any
+    token: str
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """Register this node and its users again, where it stands in the sequence;
     `done` (None: nobody waits) is settled once it is done."""
@@ -182,6 +210,6 @@ class State:
     """Publish this node's users and memberships (a new node said hello)."""
 
 
-Event = Public | Join | Leave | Logout | Private | Unfollow | Claim | Release | History | Delete \
-    | Follow | Raw | Sync | State
+Event = Public | Join | Leave | Logout | Private | Unfollow | Removed | Claim | Release | History \
+    | Delete | Follow | Raw | Roles | Sync | State
 """Anything `Hub.outbox` holds."""

@@ -106,9 +106,11 @@ class Hub:
         # the disk (`register`, `password`) waits in `account_work` for the transport.
         self.accounts = accounts if accounts is not None and accounts.enabled else None
         self.account_work: list[AccountWork] = []
-        # Group roles changed with a durable store: (actor, group, reply), the reply
-        # queued once the group's roles are stored (the transport's job).
-        self.roles_work: list[tuple[User, Group, str]] = []
+        # Group roles changed with a durable store: (actor, group, reply, None), the
+        # reply queued once the group's roles are stored (the transport's job); in a
+        # cluster (actor, group, reply, change): the change is made once Redis has
+        # it (see moderation.py).
+        self.roles_work: list[tuple[User, Group, str, moderation.Change | None]] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history
@@ -166,6 +168,7 @@ class Hub:
         self.remote_private = mirror.private
         self.remote_group = mirror.group
         self.remote_group_deleted = mirror.group_deleted
+        self.remote_removed = mirror.removed
         self.join_confirmed = mirror.join_confirmed
         self.node_gone = mirror.node_gone
         self.node_state = mirror.node_state
@@ -494,13 +497,50 @@ class Hub:
         self.notice(group, P.left_notice(user.name, group.name), user)
         self.drop_member(user, group)
 
-    def drop_member(self, user: User, group: Group) -> None:
-        """`user` is out of `group`, without a notice (`leave_group`, `kick`, `ban`)."""
+    def drop_member(self, user: User, group: Group, publish: bool = True) -> None:
+        """`user` is out of `group`, without a notice (`leave_group`, `remove_member`)."""
         group.remove(user)
         del user.groups[group.key]
         if self.outbox is not None:
-            self.outbox.append(E.Leave(user, group))
+            if publish:
+                self.outbox.append(E.Leave(user, group))
             self.mirror.unconfirmed.discard((user.key, group.key))
+
+    def remove_member(self, user: User, group: Group, actor: str, reason: str | None) -> None:
+        """`kick`/`ban` by `actor` (a name): `user` is out of `group` now (nothing it
+        sends later reaches the group), it hears so, and so do the remaining members
+        here other than the actor; in a cluster the other nodes tell theirs
+        (`E.Removed`, in order after everything `user` sent before)."""
+        self.drop_member(user, group, publish=False)
+        self.reply(user, P.removed_you(actor, group.name, reason))
+        data = P.encode(P.removed_notice(user.name, group.name, actor))
+        self.stats.notices += self.fanout(group, data, self.users.get(P.name_key(actor)))
+        if self.outbox is not None:
+            self.outbox.append(E.Removed(user.key, user.name, group.key, actor, True, group))
+
+    # Cluster mode: role changes and removals other nodes asked for (the backplane
+    # calls these; see moderation.py).
+
+    def remote_roles(self, gkey: str, version: int, field: str | None, value: str | None,
+                     actor: str, target: str | None, notice: str | None,
+                     reason: str | None) -> None:
+        moderation.remote_change(self, gkey, version, field, value, actor, target, notice,
+                                 reason)
+
+    def reload_roles(self, gkey: str, fields: dict[str, str]) -> None:
+        group = self.groups.get(gkey)
+        if group is not None:
+            moderation.replace(self, group, fields)
+
+    def remove_request(self, gkey: str, key: str, actor: str, reason: str | None) -> None:
+        """Another node's moderator kicks `key` out of `gkey`: removed if it is a
+        member here; else the answer says it was not (for the waiting node)."""
+        group = self.groups.get(gkey)
+        user = self.users.get(key)
+        if group is not None and user is not None and group.members.get(key) is user:
+            self.remove_member(user, group, actor, reason)
+        elif self.outbox is not None:
+            self.outbox.append(E.Removed(key, key, gkey, actor, False, None))
 
     # ------------------------------------------------------------ sessions
 

@@ -85,6 +85,20 @@ class Mirror:
         del group.remote[key]
         user.groups.discard(gkey)
 
+    def removed(self, key: str, gkey: str, node: str, actor: str) -> None:
+        """`node` removed its member `key` from the group (a kick or ban by `actor`):
+        out of it here, and the local members other than the actor hear so."""
+        user = self.users.get(key)
+        group = self.hub.groups.get(gkey)
+        if user is None or user.node != node or group is None or key not in group.remote:
+            return
+        del group.remote[key]
+        user.groups.discard(gkey)
+        if group.members:
+            hub = self.hub
+            data = P.encode(P.removed_notice(user.name, group.name, actor))
+            hub.stats.notices += hub.fanout(group, data, hub.users.get(P.name_key(actor)))
+
     def notice(self, group: Group, line: str) -> None:
         """A notice about another node's user, to the local members who were already
         in the group in Redis's order (their own join came back before this event)."""
@@ -136,10 +150,13 @@ class Mirror:
 
     # ------------------------------------------------------------ groups and nodes
 
-    def group(self, name: str, created_by: str, created_at: float) -> None:
+    def group(self, name: str, created_by: str, created_at: float,
+              owner: str | None = None) -> None:
         hub = self.hub
         if P.name_key(name) not in hub.groups:
-            hub.add_group(name, created_by).created_at = created_at
+            group = hub.add_group(name, created_by)
+            group.created_at = created_at
+            group.owner = owner
 
     def group_deleted(self, gkey: str) -> None:
         """Another node's administrator deleted a group: as `Hub.remove_group` here."""

@@ -106,7 +106,7 @@ class Group:
     __slots__ = (
         "name", "key", "skel", "members", "created_by", "created_at", "history", "unsaved",
         "_pushes", "remote", "seq", "pending", "skip",
-        "owner", "mods", "invited", "banned", "muted", "since",
+        "owner", "mods", "invited", "banned", "muted", "since", "rv",
         "invite_only", "mods_post", "joined_history", "private", "guarded",
     )
 
@@ -137,6 +137,10 @@ class Group:
         self.invited: dict[str, str] = {}
         self.banned: dict[str, str] = {}
         self.muted: dict[str, float] = {}  # key -> until (clock seconds; inf: until unmute)
+        # Cluster mode: the version of the roles in Redis this node has applied
+        # (backplane/keys.py ROLES); a change announced with a version not above
+        # it is already here.
+        self.rv = 0
         # `history joined`: member key -> `seq` at the member's current join.
         self.since: dict[str, int] = {}
         self.invite_only = False  # join invite

@@ -11,12 +11,23 @@ restricted or someone is muted.
 With a durable store a change is acknowledged once stored: the handler leaves
 (user, group, reply) in `Hub.roles_work`, the transport has the group's
 `snapshot` written (SQLite `group_roles`) and then queues the reply; a restart
-puts it back with `restore`. Not in the cluster yet: nothing reaches Redis.
+puts it back with `restore`.
+
+In a cluster (`hub.outbox is not None`) a handler changes nothing itself: it
+checks, then leaves a `Change` (one field of the group's roles, see `apply`)
+in `Hub.roles_work`; the server has Redis write it and announce it to every
+node in one atomic step (backplane/keys.py ROLES), and every node, this one
+included, applies it when the announcement arrives (`remote_change`), in
+Redis's order, with its side effects there (the notice to a target online on
+that node, a banned member removed). The actor's reply waits for this node's
+own echo. A kick of another node's member asks that node to remove it
+(`remove_request` there) and the reply waits until this node heard so.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from math import inf
 from typing import TYPE_CHECKING
 
@@ -28,12 +39,141 @@ if TYPE_CHECKING:
     from .hub import Hub
 
 
+@dataclass(slots=True)
+class Change:
+    """One change of a group's roles, with what it does beyond the field.
+
+    `field` is a setting's key (`join`, `post`, `history`, `visibility`) or
+    `mod:`, `inv:`, `ban:` or `mute:` and a user key; `value` the setting's
+    value, the user's name as first written (`mute:`: the end of the mute, Unix
+    seconds, or `inf`), or None to remove the field. `field` None: a `kick`
+    (nothing stored). `notice` goes to the target if online (and not the
+    actor); `node` is the node of another node's member a kick or ban removes
+    (the reply waits until this node heard it is out)."""
+
+    group: Group
+    field: str | None
+    value: str | None
+    actor: str  # the actor's name as logged in
+    target: str | None = None  # the key of the user it concerns
+    notice: str | None = None
+    reason: str | None = None  # kick, ban
+    node: str | None = None
+
+
 def _done(hub: Hub, user: User, group: Group, line: str) -> None:
     """A change is made: reply now, or once the store has it (`hub.durable`)."""
     if hub.durable:
-        hub.roles_work.append((user, group, line))
+        hub.roles_work.append((user, group, line, None))
     else:
         hub.reply(user, line)
+
+
+def _change(hub: Hub, user: User, change: Change, line: str) -> None:
+    """Make `change` and reply `line`: at once on one node (once stored with a
+    durable store); in a cluster once Redis has it and this node applied it."""
+    if hub.outbox is not None:
+        hub.roles_work.append((user, change.group, line, change))
+        return
+    applied(hub, change)
+    _done(hub, user, change.group, line)
+
+
+def apply(hub: Hub, group: Group, field: str, value: str | None) -> None:
+    """Set (or, `value` None, remove) one field of the group's roles in memory."""
+    kind, _, key = field.partition(":")
+    if not key:
+        values = P.SETTINGS.get(kind)
+        if values is None:
+            return
+        on = value == values[1]
+        if kind == "join":
+            group.invite_only = on
+        elif kind == "post":
+            group.mods_post = on
+        elif kind == "history":
+            group.joined_history = on
+        else:
+            if on != group.private:
+                hub.private_groups += 1 if on else -1
+            group.private = on
+    elif kind == "mute":
+        if value is None:
+            group.muted.pop(key, None)
+        else:
+            group.muted[key] = inf if value == "inf" else float(value)
+    else:
+        table = {"mod": group.mods, "inv": group.invited, "ban": group.banned}.get(kind)
+        if table is None:
+            return
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    group.reguard()
+
+
+def applied(hub: Hub, change: Change) -> None:
+    """Apply `change` here with its side effects on this node: the notice to its
+    target if the target is online here, a banned member here removed."""
+    group = change.group
+    if change.field is not None:
+        apply(hub, group, change.field, change.value)
+    target = change.target
+    if target is None:
+        return
+    if change.notice is not None and target != P.name_key(change.actor):
+        online = hub.users.get(target)
+        if online is not None:
+            hub.reply(online, change.notice)
+    if change.value is not None and change.field == "ban:" + target:
+        victim = group.members.get(target)
+        if victim is not None:
+            hub.remove_member(victim, group, change.actor, change.reason)
+
+
+def remote_change(hub: Hub, gkey: str, version: int, field: str | None, value: str | None,
+                  actor: str, target: str | None, notice: str | None,
+                  reason: str | None) -> None:
+    """Cluster mode: a change as Redis announced it (this node's own included):
+    applied once, in Redis's order (`version`)."""
+    group = hub.groups.get(gkey)
+    if group is None or version <= group.rv:
+        return
+    group.rv = version
+    applied(hub, Change(group, field, value, actor, target, notice, reason))
+
+
+def replace(hub: Hub, group: Group, fields: dict[str, str]) -> None:
+    """Cluster mode: the group's roles as Redis has them now (its hash, `v` its
+    version), replacing this node's (after (re)connecting: what it missed)."""
+    if group.private:
+        hub.private_groups -= 1  # `apply` counts it again if it stays private
+    group.private = group.invite_only = group.mods_post = group.joined_history = False
+    group.mods, group.invited, group.banned, group.muted = {}, {}, {}, {}
+    for field, value in fields.items():
+        if field != "v":
+            apply(hub, group, field, value)
+    group.reguard()
+    group.rv = int(fields.get("v", 0))
+
+
+def document(owner: str | None, fields: dict[str, str]) -> str:
+    """A group's roles hash in Redis as the document `restore` takes."""
+    doc: dict[str, dict[str, str | float | None]] = {"mods": {}, "invited": {}, "banned": {},
+                                                      "muted": {}}
+    settings = [values[0] for values in P.SETTINGS.values()]
+    names = list(P.SETTINGS)
+    for field, value in fields.items():
+        kind, _, key = field.partition(":")
+        if kind in P.SETTINGS and not key:
+            settings[names.index(kind)] = value
+        elif kind == "mute" and key:
+            doc["muted"][key] = None if value == "inf" else float(value)
+        elif kind in ("mod", "inv", "ban") and key:
+            doc[{"mod": "mods", "inv": "invited", "ban": "banned"}[kind]][key] = value
+    return json.dumps({**doc, "owner": owner, "settings": settings}, ensure_ascii=False,
+                      sort_keys=True)
 
 
 def snapshot(group: Group) -> str:
@@ -81,16 +221,22 @@ def _has_account(hub: Hub, key: str) -> bool:
     return book is not None and key in book.accounts
 
 
-def _single_node(hub: Hub) -> None:
-    """Roles live in this node's memory and SQLite only: in a cluster another node
-    would not enforce them, so no change is accepted there (rather than a group
-    that looks protected and is not). Cluster support is the rest of issue 14."""
-    if hub.outbox is not None:
-        raise ProtocolError(P.ROLES_NOT_IN_CLUSTER)
+def _reachable(hub: Hub) -> None:
+    """In a cluster a change needs Redis: refused at once, changing nothing, without it."""
+    if hub.unavailable:
+        raise ProtocolError(P.CLUSTER_UNAVAILABLE)
+
+
+def _remote_node(hub: Hub, group: Group, key: str) -> str | None:
+    """Cluster mode: the node of `key` if it is a member of `group` on another node."""
+    if key not in group.remote:
+        return None
+    remote = hub.remote_users.get(key)
+    return remote.node if remote is not None else None
 
 
 def _owned(hub: Hub, user: User, name: str) -> Group:
-    _single_node(hub)
+    _reachable(hub)
     group = hub.visible_group(user, name)
     if group.rank(user.account) < 2:
         raise ProtocolError(P.only_owner(group.name))
@@ -101,7 +247,7 @@ def _moderated(hub: Hub, user: User, name: str, target: str) -> tuple[Group, str
                                                                       User | None]:
     """The group a moderation command acts on and its target, after the checks
     every such command shares (who may, and a moderator acting on a peer)."""
-    _single_node(hub)
+    _reachable(hub)
     group = hub.visible_group(user, name)
     rank = group.rank(user.account)
     if rank < 1:
@@ -136,110 +282,92 @@ def set_(hub: Hub, user: User, args: tuple[str, ...]) -> None:
         raise ProtocolError(P.invalid_setting(key))
     if value not in values:
         raise ProtocolError(P.invalid_value(key, value))
-    on = value == values[1]
-    if key == "join":
-        group.invite_only = on
-    elif key == "post":
-        group.mods_post = on
-    elif key == "history":
-        group.joined_history = on
-    else:
-        if on != group.private:
-            hub.private_groups += 1 if on else -1
-        group.private = on
-    group.reguard()
-    _done(hub, user, group, P.set_line(key, value, group.name))
+    _change(hub, user, Change(group, key, value, user.name), P.set_line(key, value, group.name))
 
 
 # mod <group> <user> / unmod <group> <user>
 def mod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group = _owned(hub, user, args[0])
-    key, shown, online = _target(hub, args[1])
+    key, shown, _ = _target(hub, args[1])
     if not _has_account(hub, key):
         raise ProtocolError(P.no_account(shown))
-    group.mods[key] = shown
-    _done(hub, user, group, P.modded(shown, group.name))
-    if online is not None and online is not user:
-        hub.reply(online, P.modded_notice(user.name, group.name))
+    _change(hub, user, Change(group, "mod:" + key, shown, user.name, key,
+                              P.modded_notice(user.name, group.name)),
+            P.modded(shown, group.name))
 
 
 def unmod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group = _owned(hub, user, args[0])
     key, shown, _ = _target(hub, args[1])
-    group.mods.pop(key, None)
-    _done(hub, user, group, P.unmodded(shown, group.name))
+    _change(hub, user, Change(group, "mod:" + key, None, user.name),
+            P.unmodded(shown, group.name))
 
 
 # invite <group> <user> / uninvite <group> <user>
 def invite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
-    group, key, shown, online = _moderated(hub, user, args[0], args[1])
+    group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     if not _has_account(hub, key):
         raise ProtocolError(P.no_account(shown))
-    group.invited[key] = shown
-    _done(hub, user, group, P.invited(shown, group.name))
-    if online is not None and online is not user:
-        hub.reply(online, P.invited_notice(user.name, group.name))
+    _change(hub, user, Change(group, "inv:" + key, shown, user.name, key,
+                              P.invited_notice(user.name, group.name)),
+            P.invited(shown, group.name))
 
 
 def uninvite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
-    group.invited.pop(key, None)
-    _done(hub, user, group, P.uninvited(shown, group.name))
-
-
-def _remove(hub: Hub, actor: User, group: Group, victim: User, reason: str | None) -> None:
-    """Take `victim` out of `group` now (nothing it sends later reaches the group),
-    and tell it and the remaining members other than the actor."""
-    hub.drop_member(victim, group)
-    hub.reply(victim, P.removed_you(actor.name, group.name, reason))
-    data = P.encode(P.removed_notice(victim.name, group.name, actor.name))
-    hub.stats.notices += hub.fanout(group, data, actor)
+    _change(hub, user, Change(group, "inv:" + key, None, user.name),
+            P.uninvited(shown, group.name))
 
 
 # kick <group> <user> [reason]
 def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
+    reason = args[2] if len(args) > 2 else None
     victim = group.members.get(key)
-    if victim is None:
+    if victim is not None:
+        hub.reply(user, P.removed(shown, group.name))
+        hub.remove_member(victim, group, user.name, reason)
+        return
+    node = _remote_node(hub, group, key)
+    if node is None:
         raise ProtocolError(P.not_member_of(shown, group.name))
-    hub.reply(user, P.removed(shown, group.name))
-    _remove(hub, user, group, victim, args[2] if len(args) > 2 else None)
+    # Another node's member: that node removes it; the reply waits until this
+    # node heard so (after every message it sent before: see docs/scaling.md).
+    hub.roles_work.append((user, group, P.removed(shown, group.name),
+                           Change(group, None, None, user.name, key, None, reason, node)))
 
 
 # ban <group> <user> [reason] / unban <group> <user>
 def ban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
-    group.banned[key] = shown
-    _done(hub, user, group, P.banned(shown, group.name))
-    victim = group.members.get(key)
-    if victim is not None:
-        _remove(hub, user, group, victim, args[2] if len(args) > 2 else None)
+    reason = args[2] if len(args) > 2 else None
+    _change(hub, user, Change(group, "ban:" + key, shown, user.name, key, None, reason,
+                              _remote_node(hub, group, key)),
+            P.banned(shown, group.name))
 
 
 def unban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
-    group.banned.pop(key, None)
-    _done(hub, user, group, P.unbanned(shown, group.name))
+    _change(hub, user, Change(group, "ban:" + key, None, user.name),
+            P.unbanned(shown, group.name))
 
 
 # mute <group> <user> [minutes] / unmute <group> <user>
 def mute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
-    group, key, shown, online = _moderated(hub, user, args[0], args[1])
+    group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     minutes = P.parse_minutes(args[2]) if len(args) > 2 else None
-    group.muted[key] = hub.clock() + minutes * 60 if minutes is not None else inf
-    group.reguard()
-    _done(hub, user, group, P.muted(shown, group.name, minutes))
-    if online is not None and online is not user:
-        hub.reply(online, P.muted_notice(user.name, group.name, minutes))
+    # The clock is wall time (Unix seconds): a timed mute ends on time after a restart.
+    until = repr(hub.clock() + minutes * 60) if minutes is not None else "inf"
+    _change(hub, user, Change(group, "mute:" + key, until, user.name, key,
+                              P.muted_notice(user.name, group.name, minutes)),
+            P.muted(shown, group.name, minutes))
 
 
 def unmute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
-    group, key, shown, online = _moderated(hub, user, args[0], args[1])
-    group.muted.pop(key, None)
-    group.reguard()
-    _done(hub, user, group, P.unmuted(shown, group.name))
-    if online is not None and online is not user:
-        hub.reply(online, P.unmuted_notice(user.name, group.name))
+    group, key, shown, _ = _moderated(hub, user, args[0], args[1])
+    _change(hub, user, Change(group, "mute:" + key, None, user.name, key,
+                              P.unmuted_notice(user.name, group.name)),
+            P.unmuted(shown, group.name))
 
 
 def check_post(hub: Hub, user: User, group: Group) -> None:

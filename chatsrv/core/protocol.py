@@ -497,6 +497,3 @@ def parse_minutes(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MINUTES_MAX:
         raise ProtocolError(f"error: invalid minutes: {text}")
     return int(text)
-
-# Group roles are kept by one node so far (issue 14: cluster support not built).
-ROLES_NOT_IN_CLUSTER = "error: group roles are not available in cluster mode yet"

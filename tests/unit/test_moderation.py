@@ -316,12 +316,57 @@ def test_snapshot_and_restore_round_trip(hub, room, clock):
         "open", "all", "shared", "public"] and not only_owner.guarded
 
 
-def test_no_role_changes_in_a_cluster_yet(hub, room):
-    """Roles are kept by one node so far: in cluster mode no change is accepted,
-    so no group looks protected while another node would not enforce it."""
+def test_in_a_cluster_changes_wait_for_redis_and_apply_in_its_order(hub, room):
+    """Cluster mode: a handler changes nothing itself, it leaves a `Change` for
+    Redis; every node applies the announced changes once, in version order, with
+    their side effects there (a ban removes a member, a notice reaches its target)."""
     owner, mo, ann, gus = room
     hub.join_cluster("n1")
-    for line in ("set class join invite", "mod class ann", "invite class ann",
-                 "kick class gus", "ban class gus", "mute class gus 5"):
-        assert ask(owner, line) == "error: group roles are not available in cluster mode yet"
-    assert ask(gus, "info class").startswith("info: class owner Owner")  # reading still works
+    group = hub.groups["class"]
+    owner.send("ban class gus")
+    assert got(owner) == []  # the reply waits for Redis
+    assert hub.roles_work and "gus" in group.members and not group.banned  # nothing yet
+    (user, g, reply, change), = hub.roles_work
+    hub.roles_work.clear()
+    assert (user, g, reply) == (owner.user, group, "ok: banned gus from class")
+    assert (change.field, change.value, change.actor, change.target) == (
+        "ban:gus", "gus", "Owner", "gus")
+    # The announcement comes back (version 1): applied, gus removed here.
+    hub.remote_roles("class", 1, change.field, change.value, change.actor, change.target,
+                     change.notice, "spam")
+    assert group.banned == {"gus": "gus"} and "gus" not in group.members
+    assert got(gus) == ["* Owner removed you from class: spam"]
+    assert got(ann) == ["* gus was removed from class by Owner"] and got(owner) == []
+    # An older or repeated version is already here; a newer one applies.
+    hub.remote_roles("class", 1, "ban:gus", None, "Owner", None, None, None)
+    assert "gus" in group.banned
+    hub.remote_roles("class", 2, "mute:ann", "inf", "Mo", "ann", "* Mo muted you in class",
+                     None)
+    assert group.muted == {"ann": float("inf")} and got(ann) == ["* Mo muted you in class"]
+    # What Redis holds replaces it all after a (re)connection.
+    hub.reload_roles("class", {"join": "invite", "mod:mo": "Mo", "v": "7"})
+    assert group.rv == 7 and group.invite_only and not group.banned and not group.muted
+    assert ask(gus, "join class") == "error: not allowed: class is invite-only"
+    # Redis unreachable: refused at once, nothing queued.
+    hub.unavailable = True
+    assert ask(owner, "set class post moderators") == "error: cluster unavailable"
+    assert not hub.roles_work
+
+
+def test_a_redis_roles_hash_loads_as_it_applies(hub):
+    """RedisStore.load_roles turns a group's hash into `restore`'s document
+    (`document`); a node reconnecting applies the hash itself (`replace`): same roles."""
+    fields = {"join": "invite", "post": "moderators", "visibility": "private",
+              "mod:mo": "Mo", "inv:mia": "Mia", "ban:ghost": "Ghost", "mute:gus": "1234.5",
+              "mute:ann": "inf", "v": "9"}
+    loaded = Group("class", "Owner", 0.0, 10)
+    M.restore(loaded, M.document("owner", fields))
+    applied = hub.add_group("class", "Owner")
+    applied.owner = "owner"
+    M.replace(hub, applied, fields)
+    assert M.snapshot(loaded) == M.snapshot(applied)
+    assert applied.rv == 9 and hub.private_groups == 1
+    assert loaded.muted == {"gus": 1234.5, "ann": float("inf")} and loaded.guarded
+    assert loaded.settings() == ["invite", "moderators", "shared", "private"]
+    M.replace(hub, applied, {"v": "10"})  # all removed meanwhile
+    assert hub.private_groups == 0 and not applied.guarded and not applied.mods
