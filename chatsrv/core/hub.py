@@ -52,6 +52,7 @@ from . import events as E
 from . import moderation
 from . import protocol as P
 from .accounts import AccountBook, AccountWork
+from .audit import MODERATION, AuditEntry
 from .commands import COMMANDS, WORDS, parse
 from .commits import Commits
 from .createrate import CreateRate
@@ -76,6 +77,9 @@ class Stats:
     logins: int = 0
     announcements: int = 0
     commands: dict[str, int] = field(default_factory=dict)
+    # chatsrv_moderation_total{action}: changes made by moderation commands (users'
+    # and the admin API's).
+    moderation: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODERATION, 0))
     # Seconds from a `public` line's parse to its last enqueue, and to handle a
     # username line that logs in; filled only when the hub has a timer.
     fanout: Histogram = field(default_factory=Histogram)
@@ -109,6 +113,9 @@ class Hub:
         # Group roles changed with a durable store: (actor, group, reply), the reply
         # queued once the group's roles are stored (the transport's job).
         self.roles_work: list[tuple[User, Group, str]] = []
+        # The audit hook: changes made by moderation commands, oldest first, drained
+        # by the transport into the store (see audit.py).
+        self.audit: list[AuditEntry] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history

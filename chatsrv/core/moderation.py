@@ -21,6 +21,7 @@ from math import inf
 from typing import TYPE_CHECKING
 
 from . import protocol as P
+from .audit import AuditEntry
 from .errors import ProtocolError
 from .model import Group, User
 
@@ -34,6 +35,14 @@ def _done(hub: Hub, user: User, group: Group, line: str) -> None:
         hub.roles_work.append((user, group, line))
     else:
         hub.reply(user, line)
+
+
+def _audit(hub: Hub, user: User, action: str, group: Group, target: str | None,
+           detail: str | None = None) -> None:
+    """A change is made: the audit hook (`Hub.audit`, stored by the transport) and
+    `chatsrv_moderation_total{action}`."""
+    hub.audit.append(AuditEntry(hub.clock(), user.name, action, group.name, target, detail))
+    hub.stats.moderation[action] += 1
 
 
 def snapshot(group: Group) -> str:
@@ -149,6 +158,7 @@ def set_(hub: Hub, user: User, args: tuple[str, ...]) -> None:
         group.private = on
     group.reguard()
     _done(hub, user, group, P.set_line(key, value, group.name))
+    _audit(hub, user, "set", group, None, f"{key} {value}")
 
 
 # mod <group> <user> / unmod <group> <user>
@@ -159,6 +169,7 @@ def mod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
         raise ProtocolError(P.no_account(shown))
     group.mods[key] = shown
     _done(hub, user, group, P.modded(shown, group.name))
+    _audit(hub, user, "mod", group, shown)
     if online is not None and online is not user:
         hub.reply(online, P.modded_notice(user.name, group.name))
 
@@ -168,6 +179,7 @@ def unmod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     key, shown, _ = _target(hub, args[1])
     group.mods.pop(key, None)
     _done(hub, user, group, P.unmodded(shown, group.name))
+    _audit(hub, user, "unmod", group, shown)
 
 
 # invite <group> <user> / uninvite <group> <user>
@@ -177,6 +189,7 @@ def invite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
         raise ProtocolError(P.no_account(shown))
     group.invited[key] = shown
     _done(hub, user, group, P.invited(shown, group.name))
+    _audit(hub, user, "invite", group, shown)
     if online is not None and online is not user:
         hub.reply(online, P.invited_notice(user.name, group.name))
 
@@ -185,6 +198,7 @@ def uninvite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.invited.pop(key, None)
     _done(hub, user, group, P.uninvited(shown, group.name))
+    _audit(hub, user, "uninvite", group, shown)
 
 
 def _remove(hub: Hub, actor: User, group: Group, victim: User, reason: str | None) -> None:
@@ -202,24 +216,29 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     victim = group.members.get(key)
     if victim is None:
         raise ProtocolError(P.not_member_of(shown, group.name))
+    reason = args[2] if len(args) > 2 else None
     hub.reply(user, P.removed(shown, group.name))
-    _remove(hub, user, group, victim, args[2] if len(args) > 2 else None)
+    _remove(hub, user, group, victim, reason)
+    _audit(hub, user, "kick", group, victim.name, reason)
 
 
 # ban <group> <user> [reason] / unban <group> <user>
 def ban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.banned[key] = shown
+    reason = args[2] if len(args) > 2 else None
     _done(hub, user, group, P.banned(shown, group.name))
     victim = group.members.get(key)
     if victim is not None:
-        _remove(hub, user, group, victim, args[2] if len(args) > 2 else None)
+        _remove(hub, user, group, victim, reason)
+    _audit(hub, user, "ban", group, shown, reason)
 
 
 def unban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     group.banned.pop(key, None)
     _done(hub, user, group, P.unbanned(shown, group.name))
+    _audit(hub, user, "unban", group, shown)
 
 
 # mute <group> <user> [minutes] / unmute <group> <user>
@@ -229,6 +248,7 @@ def mute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group.muted[key] = hub.clock() + minutes * 60 if minutes is not None else inf
     group.reguard()
     _done(hub, user, group, P.muted(shown, group.name, minutes))
+    _audit(hub, user, "mute", group, shown, None if minutes is None else str(minutes))
     if online is not None and online is not user:
         hub.reply(online, P.muted_notice(user.name, group.name, minutes))
 
@@ -238,6 +258,7 @@ def unmute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group.muted.pop(key, None)
     group.reguard()
     _done(hub, user, group, P.unmuted(shown, group.name))
+    _audit(hub, user, "unmute", group, shown)
     if online is not None and online is not user:
         hub.reply(online, P.unmuted_notice(user.name, group.name))
 
