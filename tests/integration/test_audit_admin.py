@@ -7,6 +7,7 @@ its durability across a restart and a migration from schema 3, and
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -312,3 +313,52 @@ def test_audit_without_a_durable_store(make_http_server, connect):
     until(alice, "* admin muted you in General for 1 minutes")
     wait_for(lambda: audit(server.api), "the audit entry")
     assert short(audit(server.api)) == [("admin", "mute", "General", "alice", "1")]
+
+
+def test_admin_cli_group_and_audit(school):
+    server, teach, ta, stud = school
+    from chatsrv_admin.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    env = {"CHATSRV_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"}
+
+    def admin(*args: str):
+        return runner.invoke(app, ["--url", server.http_url, *args], env=env)
+
+    result = admin("group", "mod", "class", "ta")
+    assert result.exit_code == 0 and result.output.strip() == "ok: ta is a moderator of class"
+    until(ta, "* admin made you a moderator of class")
+    result = admin("group", "mute", "class", "stud", "--minutes", "3")
+    assert result.output.strip() == "ok: muted stud in class for 3 minutes"
+    result = admin("group", "kick", "class", "stud", "--reason", "off topic")
+    assert result.output.strip() == "ok: removed stud from class"
+    until(stud, "* admin removed you from class: off topic")
+    result = admin("group", "set", "class", "join", "invite", "post", "moderators")
+    assert result.output.splitlines() == ["ok: set join invite in class",
+                                          "ok: set post moderators in class"]
+    assert admin("group", "set", "class", "join").exit_code == 2
+    result = admin("group", "ban", "class", "eve")
+    assert result.exit_code == 0
+    result = admin("group", "mute", "class", "stud", "--minutes", "0")
+    assert result.exit_code == 1 and "invalid minutes: 0 (HTTP 400)" in result.output
+    result = admin("group", "class")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for want in ("group class: 1 member", "owner", "teach", "moderators", "ta",
+                 "join invite post moderators history shared visibility public",
+                 "banned", "eve", "stud (until ", "members"):
+        assert want in out, (want, out)
+    view = json.loads(admin("group", "class", "--json").output)
+    assert view["bans"] == ["eve"] and view["settings"]["post"] == "moderators"
+    result = admin("audit", "--limit", "2")
+    assert result.exit_code == 0 and "2 audit entries" in result.output
+    assert "ban" in result.output and "post moderators" in result.output
+    entries = json.loads(admin("--json", "audit", "--group", "class").output)["entries"]
+    assert [e["action"] for e in entries] == ["ban", "set", "set", "kick", "mute", "mod"]
+    assert entries[3]["detail"] == "off topic" and entries[3]["actor"] == "admin"
+    result = admin("group", "delete", "class")
+    assert result.exit_code == 0 and "deleted group class" in result.output
+    until(teach, "* group class was deleted by an administrator")
+    result = admin("group", "nope")
+    assert result.exit_code == 1 and "no such group: nope (HTTP 404)" in result.output
