@@ -658,6 +658,8 @@ class ChatServer:
     def save_roles(self, work: list[tuple[User, Group, str]]) -> None:
         """Store the roles of the groups `work` changed (a session's greenlet waits
         on the writer thread; nobody else does), then queue each reply."""
+        if self.hub.audit:  # queued first: a change's `ok:` means its audit entry is kept too
+            self.save_audit()
         saved: dict[Group, bool] = {}
         for user, group, reply in work:
             ok = saved.get(group)
@@ -824,12 +826,18 @@ class ChatServer:
         returns (the request's greenlet waits on the writer). A store failure is
         logged: the change itself is made."""
         self.hub.audit.append(AuditEntry(time.time(), ADMIN_ACTOR, action, group, target, detail))
+        self._store_audit()
+
+    def _store_audit(self) -> None:
+        """Write the pending audit entries and wait for it; a failure is logged (the
+        changes themselves are made)."""
         batch, self.hub.audit = self.hub.audit, []
         try:
             self.writer.call(self.store.append_audit, batch)
         except Exception as err:
-            log.error("audit entry not stored (%s %s %s): %s", action, group or "-",
-                      target or "-", err)
+            log.error("%d audit entries not stored (%s): %s", len(batch),
+                      ", ".join(f"{e.action} {e.group or '-'} {e.target or '-'}" for e in batch),
+                      err)
 
     def read_audit(self, limit: int, group: str | None) -> list[AuditEntry]:
         """The newest `limit` audit entries (of one group), newest first; raises what
@@ -857,6 +865,8 @@ class ChatServer:
             work = [item for item in hub.roles_work if item[0] is actor]
             hub.roles_work = [item for item in hub.roles_work if item[0] is not actor]
             self.schedule_flush()
+        if hub.audit:  # stored before the answer, like the change itself
+            self._store_audit()
         for _, group, line in work:  # a durable store: acknowledged once stored
             try:
                 self.writer.call(self.store.put_roles, group.name, moderation.snapshot(group))

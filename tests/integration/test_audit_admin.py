@@ -362,3 +362,15 @@ def test_admin_cli_group_and_audit(school):
     until(teach, "* group class was deleted by an administrator")
     result = admin("group", "nope")
     assert result.exit_code == 1 and "no such group: nope (HTTP 404)" in result.output
+
+
+def test_acknowledged_changes_keep_their_audit_entry_through_kill_9(school, make_http_server):
+    server, teach, ta, stud = school
+    assert ask(teach, "set class post moderators") == "ok: set post moderators in class"
+    server.api.ok("POST", API + "/groups/class/kick", {"user": "stud"})  # answered: stored
+    server.stop(signal.SIGKILL)
+    again = make_http_server(rate_limit=0, accounts="optional", admin_token=TOKEN)
+    assert short(audit(again.api, "?group=class")) == [
+        ("admin", "kick", "class", "stud", None),
+        ("teach", "set", "class", None, "post moderators"),
+    ]
