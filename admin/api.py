@@ -37,7 +37,7 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedire
 
 
 class AdminClient:
-    def __init__(self, url: str, token: str | None, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
         self.base = url.rstrip("/")
         self.token = token
         self.timeout = timeout

@@ -71,7 +71,9 @@ def options(
     data_dir: Path = typer.Option(Path("./chatsrv-data"), envvar="CHATSRV_DATA_DIR",
                                   help="The server's --data-dir, for its admin.token."),
     json_out: bool = JsonFlag,
-    timeout: float = typer.Option(5.0, help="Seconds to wait for the server."),
+    timeout: float = typer.Option(
+        30.0, help="Seconds to wait for the server (an account change hashes a password, "
+                   "which a busy server runs at low priority)."),
 ) -> None:
     if not url.startswith(("http://", "https://")):
         raise typer.BadParameter(f"{url!r} is not an http:// or https:// URL", param_hint="--url")

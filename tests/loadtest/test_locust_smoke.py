@@ -108,7 +108,7 @@ def test_a_lost_delivery_fails_the_run(faulty_proxy, tmp_path):
     port = faulty_proxy("--drop-every", "15")
     code, _stats, failures, output = run_locust(
         "127.0.0.1", port, tmp_path, "ChattyUser", "PrivateUser", "LurkerUser",
-        users=30, seconds=6, env={"LOADTEST_DELIVERY_TIMEOUT": "2"},
+        users=30, seconds=10, env={"LOADTEST_DELIVERY_TIMEOUT": "2"},
     )
     assert code != 0, output[-3000:]
     reasons = {(f["Name"], f["Error"]) for f in failures}
@@ -133,7 +133,7 @@ def test_account_logins_by_password_and_token(server, tmp_path):
     """The accounts scenario against a real server (--accounts optional, the default):
     each user registers, then logs in again by token and by password, 0 failures."""
     code, stats, failures, output = run_locust(
-        server.host, server.port, tmp_path, "--tags", "accounts", users=6, seconds=6,
+        server.host, server.port, tmp_path, "--tags", "accounts", users=6, seconds=12,
         env={"LOADTEST_CHURN_PAUSE": "0.3"},
     )
     assert failures == [] and code == 0, output[-3000:]
