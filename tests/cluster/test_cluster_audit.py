@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from rediskit import redis_server  # noqa: F401 - the fixture
-from test_cluster_accounts import node
+from test_cluster_accounts import eventually, node
 
 
 def test_an_action_on_node_a_is_listed_by_node_b(redis_server, make_server):  # noqa: F811
     a, b = node(make_server, redis_server, 0), node(make_server, redis_server, 1)
     a.api.ok("POST", "/api/v1/accounts", {"name": "alice", "password": "correct-horse"})
+    # accounts reach the other nodes within a second (PROTOCOL.md v2)
+    eventually(lambda: [x["name"] for x in b.api.ok("GET", "/api/v1/accounts")["accounts"]]
+               == ["alice"])
     b.api.ok("POST", "/api/v1/accounts/alice/suspend", {})
     a.api.ok("POST", "/api/v1/groups", {"name": "ops"})
     for server in (a, b):
