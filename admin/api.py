@@ -60,6 +60,24 @@ class AdminClient:
     def group(self, name: str) -> dict:
         return self._api("GET", "/groups/" + _quote(name))
 
+    def moderate(self, name: str, action: str, user: str, *, minutes: int | None = None,
+                 reason: str | None = None) -> dict:
+        body: dict[str, object] = {"user": user}
+        if minutes is not None:
+            body["minutes"] = minutes
+        if reason is not None:
+            body["reason"] = reason
+        return self._api("POST", f"/groups/{_quote(name)}/{action}", body)
+
+    def settings(self, name: str, changes: dict[str, str]) -> dict:
+        return self._api("POST", f"/groups/{_quote(name)}/settings", changes)
+
+    def audit(self, limit: int, group: str | None = None) -> dict:
+        query = {"limit": str(limit)}
+        if group is not None:
+            query["group"] = group
+        return self._api("GET", "/audit?" + urllib.parse.urlencode(query))
+
     def create(self, name: str) -> dict:
         return self._api("POST", "/groups", {"name": name})
 

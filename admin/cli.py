@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from .api import NOT_OK, USAGE, AdminClient, AdminError
 
@@ -349,20 +350,174 @@ def _set_suspended(ctx: typer.Context, name: str, json_out: bool, suspend: bool)
     console.print(Text(f"{'suspended' if suspend else 'unsuspended'} account {payload['name']}"))
 
 
-@command
-def group(ctx: typer.Context, name: str = typer.Argument(..., help="Group name."),
-          json_out: bool = JsonFlag) -> None:
-    """One group and its members."""
+class _GroupCommands(TyperGroup):
+    """`group NAME` shows a group; `group ACTION NAME ...` changes one (a group
+    named like an action: `group show NAME`)."""
+
+    def parse_args(self, ctx, args):  # noqa: ANN001, ANN201 (click's signature)
+        first = next((a for a in args if not a.startswith("-")), None)
+        if first is not None and first not in self.commands:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+group_app = typer.Typer(
+    cls=_GroupCommands, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="One group: `group NAME` shows its members, owner, moderators, settings, "
+    "invitations, bans and mutes; `group ACTION NAME USER` moderates it as `admin` (mod, "
+    "unmod, invite, uninvite, kick, ban, unban, mute, unmute); `group set NAME KEY VALUE`; "
+    "`group delete NAME`.",
+)
+app.add_typer(group_app, name="group")
+
+GroupArg = typer.Argument(..., help="Group name.")
+UserArg = typer.Argument(..., help="User or account name (need not be online).")
+
+
+@group_app.command("show")
+@_guarded
+def group_show(ctx: typer.Context, name: str = GroupArg, json_out: bool = JsonFlag) -> None:
+    """One group: members, owner, moderators, settings, invitations, bans, mutes."""
     opts = _opts(ctx, json_out)
     payload = opts.client().group(name)
     if opts.json:
         return _print_json(payload)
+    _show_group(payload)
+
+
+def _show_group(payload: dict) -> None:
     members = payload["members"]
     console.print(Text(f"group {payload['name']}: {_plural(len(members), 'member')}, "
                        f"created {_since(payload['created_at'])}"
                        + (f" by {payload['created_by']}" if payload["created_by"] else "")))
-    for member in members:
-        console.print(Text(f"  {member}"))
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    settings = payload.get("settings", {})
+    mutes = [m["user"] + (f" (until {m['until'].replace('T', ' ')})" if m["until"]
+                          else " (until unmuted)") for m in payload.get("mutes", [])]
+    for key, value in (
+        ("owner", payload.get("owner") or "- (administrators only)"),
+        ("moderators", ", ".join(payload.get("moderators", [])) or "-"),
+        ("settings", " ".join(f"{k} {v}" for k, v in settings.items()) or "-"),
+        ("invited", ", ".join(payload.get("invitations", [])) or "-"),
+        ("banned", ", ".join(payload.get("bans", [])) or "-"),
+        ("muted", ", ".join(mutes) or "-"),
+        ("members", ", ".join(members) or "-"),
+    ):
+        table.add_row(key, Text(value))
+    console.print(table)
+
+
+def _moderate(ctx: typer.Context, action: str, name: str, user: str, json_out: bool, *,
+              minutes: int | None = None, reason: str | None = None) -> None:
+    opts = _opts(ctx, json_out)
+    payload = opts.client().moderate(name, action, user, minutes=minutes, reason=reason)
+    if opts.json:
+        return _print_json(payload)
+    console.print(Text(payload["reply"]))
+
+
+def _simple(action: str, doc: str) -> None:
+    def run(ctx: typer.Context, name: str = GroupArg, user: str = UserArg,
+            json_out: bool = JsonFlag) -> None:
+        _moderate(ctx, action, name, user, json_out)
+
+    run.__doc__ = doc
+    group_app.command(action)(_guarded(run))
+
+
+for _action, _doc in (
+    ("mod", "Make an account a moderator (it is told, if online)."),
+    ("unmod", "Take an account's moderator role away."),
+    ("invite", "Invite an account (to an invite-only or private group; it is told)."),
+    ("uninvite", "Withdraw an invitation."),
+    ("unban", "Let a banned user join again."),
+    ("unmute", "Let a muted user post again (it is told)."),
+):
+    _simple(_action, _doc)
+
+ReasonOption = typer.Option(None, "--reason", "-r", show_default=False,
+                            help="Told to the user: `* admin removed you from NAME: REASON`.")
+
+
+@group_app.command("kick")
+@_guarded
+def group_kick(ctx: typer.Context, name: str = GroupArg, user: str = UserArg,
+               reason: str | None = ReasonOption,  # noqa: UP007
+               json_out: bool = JsonFlag) -> None:
+    """Remove a member from the group (it may join again unless banned)."""
+    _moderate(ctx, "kick", name, user, json_out, reason=reason)
+
+
+@group_app.command("ban")
+@_guarded
+def group_ban(ctx: typer.Context, name: str = GroupArg, user: str = UserArg,
+              reason: str | None = ReasonOption,  # noqa: UP007
+              json_out: bool = JsonFlag) -> None:
+    """Ban a user: removed if a member, cannot join until unbanned."""
+    _moderate(ctx, "ban", name, user, json_out, reason=reason)
+
+
+@group_app.command("mute")
+@_guarded
+def group_mute(ctx: typer.Context, name: str = GroupArg, user: str = UserArg,
+               minutes: int | None = typer.Option(  # noqa: UP007
+                   None, "--minutes", "-m", show_default=False,
+                   help="1 to 10080; default: until unmuted."),
+               json_out: bool = JsonFlag) -> None:
+    """Mute a user in the group (it may read, not post); it is told."""
+    _moderate(ctx, "mute", name, user, json_out, minutes=minutes)
+
+
+@group_app.command("set")
+@_guarded
+def group_set(ctx: typer.Context, name: str = GroupArg,
+              pairs: list[str] = typer.Argument(..., metavar="KEY VALUE...", help=(
+                  "Settings to change: join open|invite, post all|moderators, "
+                  "history shared|joined, visibility public|private.")),
+              json_out: bool = JsonFlag) -> None:
+    """Change settings, e.g. `group set class join invite visibility private`."""
+    if len(pairs) % 2:
+        raise AdminError("settings come in pairs: KEY VALUE [KEY VALUE ...]", USAGE)
+    opts = _opts(ctx, json_out)
+    payload = opts.client().settings(name, dict(zip(pairs[::2], pairs[1::2], strict=True)))
+    if opts.json:
+        return _print_json(payload)
+    for reply in payload["replies"]:
+        console.print(Text(reply))
+
+
+@group_app.command("delete")
+@_guarded
+def group_delete(ctx: typer.Context, name: str = GroupArg, json_out: bool = JsonFlag) -> None:
+    """Delete a group and its history (as `groups delete NAME`)."""
+    delete(ctx, name, json_out)
+
+
+@command
+def audit(ctx: typer.Context,
+          limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000,
+                                    help="How many entries (newest first)."),
+          group: str | None = typer.Option(  # noqa: UP007
+              None, "--group", "-g", show_default=False, help="Only this group's entries."),
+          json_out: bool = JsonFlag) -> None:
+    """The audit log: moderation by users and administrators, administrators' account
+    changes; newest first."""
+    opts = _opts(ctx, json_out)
+    payload = opts.client().audit(limit, group)
+    if opts.json:
+        return _print_json(payload)
+    entries = payload["entries"]
+    table = Table(title=_plural(len(entries), "audit entry").replace("entrys", "entries"),
+                  title_justify="left")
+    for column in ("at (UTC)", "actor", "action", "group", "target", "detail"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e["at"].replace("T", " "), Text(e["actor"]), e["action"],
+                      Text(e["group"] or "-"), Text(e["target"] or "-"), Text(e["detail"] or ""))
+    console.print(table)
 
 
 @command

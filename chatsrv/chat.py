@@ -52,10 +52,17 @@ _USER_ARG = frozenset({"/msg", "/m", "/query", "private"})
 _PUBLIC = re.compile(r"^\[(?:public|history) group (\S+) (?:at \S+ )?from (\S+)\] (.*)$", re.S)
 _PRIVATE = re.compile(r"^\[private from (\S+)\] ")
 _NOTICE = re.compile(r"^\* (\S+) (joined|left) the group (\S+)$")
+# Moderation notices about the user itself (PROTOCOL.md v2 "Group roles and moderation").
+_ABOUT_YOU = re.compile(r"^\* \S+ (invited you to|removed you from|muted you in|unmuted you in"
+                        r"|made you a moderator of) (\S+)(?:: .*| for \d+ minutes)?$", re.S)
+_DELETED = re.compile(r"^\* group (\S+) was deleted by an administrator$")
 
 # Line kinds, for colors.
 PRIVATE, MENTION, NOTICE, ERROR, OK, OTHER = ("private", "mention", "notice", "error", "ok",
                                               "other")
+# Notices about the user itself: ALERT when it loses something (removed, muted, its
+# group deleted), YOU when it gains something (invited, unmuted, made a moderator).
+ALERT, YOU = "alert", "you"
 
 
 def help_text() -> str:
@@ -132,9 +139,27 @@ class ChatState:
             if what == "joined":
                 _add(self.users, user)
             return NOTICE
+        match = _ABOUT_YOU.match(line)
+        if match:
+            what, group = match.groups()
+            if what == "removed you from":
+                self._forget(group)
+            return ALERT if what in ("removed you from", "muted you in") else YOU
+        match = _DELETED.match(line)
+        if match:
+            self._forget(match.group(1))
+            self.groups.pop(match.group(1).casefold(), None)
+            return ALERT
         if line.startswith("* "):
             return NOTICE
         return OTHER
+
+    def _forget(self, group: str) -> None:
+        """The user is no longer in `group` (left, removed, or the group deleted)."""
+        self.mine.pop(group.casefold(), None)
+        if self.current is not None and self.current[0] == "group" and \
+                self.current[1].casefold() == group.casefold():
+            self.current = None
 
     def _ok(self, rest: str) -> str:
         word, _, name = rest.rpartition(" ")
@@ -144,10 +169,7 @@ class ChatState:
             if not self.raw:
                 self.current = ("group", group)
         elif word == "left group":
-            self.mine.pop(name.casefold(), None)
-            if self.current is not None and self.current[0] == "group" and \
-                    self.current[1].casefold() == name.casefold():
-                self.current = None
+            self._forget(name)
         elif word == "created group":
             _add(self.groups, name)
         return OK

@@ -19,7 +19,10 @@ Interactive mode (stdin is a TTY)
     (`/help`), `/raw LINE` or `--raw` for protocol lines as typed, tab completion of
     commands and of the group and user names it has seen (it asks `groups` and `users`
     once at login, replies not shown), and incoming lines colored by kind (private,
-    mentions of the user's name, notices, errors; `--no-color` or NO_COLOR: none).
+    mentions of the user's name, notices, errors; notices about the user itself, such
+    as `* ta removed you from class`, in bold reverse video; `--no-color` or NO_COLOR:
+    none). A group the user was removed from (or that was deleted) is forgotten: it
+    is no longer the current conversation.
     Server text is printed with every control character replaced, so only the
     client's own colors reach the terminal.
     Accounts: after `password for <name>:` the line is read without echo (prompt_toolkit's
@@ -93,7 +96,7 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 
-from .chat import ERROR, MENTION, NOTICE, OK, PRIVATE, ChatState
+from .chat import ALERT, ERROR, MENTION, NOTICE, OK, PRIVATE, YOU, ChatState
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50000
@@ -560,7 +563,8 @@ async def _script(conn: Connection) -> int:
 
 
 # Colors by line kind (chat.py `kind`): ANSI SGR parameters.
-COLORS = {PRIVATE: "35", MENTION: "1;33", NOTICE: "36", ERROR: "31", OK: "32"}
+COLORS = {PRIVATE: "35", MENTION: "1;33", NOTICE: "36", ERROR: "31", OK: "32",
+          ALERT: "1;7;31", YOU: "1;7;33"}  # notices about the user: bold, reverse video
 NOTE_COLOR = "2"  # the client's own notes (/help, usage) are dim
 # What the client asks at login, to complete names with; their replies are not shown.
 HIDDEN_QUERIES = (b"groups: ", b"users: ")

@@ -11,16 +11,24 @@ Under `/api/v1`, JSON, every request needs `Authorization: Bearer <token>`
     GET  /api/v1/groups                every group with its member count
     POST /api/v1/groups  {"name"}      create a group (409 when it exists or when
                                        --max-groups is reached)
-    GET  /api/v1/groups/{name}         one group and its members
+    GET  /api/v1/groups/{name}         one group: members, owner, moderators, settings,
+                                       invitations, bans, mutes (with their end)
     DELETE /api/v1/groups/{name}       delete a group and its history (204; General: 400)
+    POST /api/v1/groups/{name}/{action} {"user", "minutes"?, "reason"?}   a moderation
+                                       command (mod unmod invite uninvite kick ban unban
+                                       mute unmute) as the administrator `admin`
+    POST /api/v1/groups/{name}/settings {"join"?, "post"?, "history"?, "visibility"?}
+    GET  /api/v1/audit?limit=N&group=G the audit log, newest first (limit 1-1000, 100)
     POST /api/v1/announce {"text", "group"?}   `* announcement: <text>`
     GET  /api/v1/stats                 uptime, users, groups, counters
     POST /api/v1/reload                re-read the config file (as SIGHUP): what changed,
                                        what needs a restart (400, nothing changed: invalid)
 
-Errors are `{"error": "..."}`: 400 bad JSON or field, 401, 404 unknown name or
-path, 405 wrong method, 409 group exists or too many groups, 413 body too large,
-503 the store failed.
+Errors are `{"error": "..."}`: 400 bad JSON or field (and a moderation command's
+refusal, in the chat protocol's words without `error: `), 401, 404 unknown name
+or path, 405 wrong method, 409 group exists or too many groups, 413 body too large, 503 the store (or,
+in a cluster, Redis) failed.
+Every change an administrator makes here is in the audit log (actor `admin`).
 Handlers run in their own greenlets on the chat server's loop, so what they read
 and change needs no locks. They never see the server: they get an `AdminPort`
 (below), which the composition root implements (`server.Admin`), and /metrics
@@ -41,6 +49,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
@@ -55,11 +64,13 @@ from .accounts import AccountError, Exists, Invalid, NotFound, Unavailable
 from .auth import bearer_ok
 from .core import protocol as P
 from .core.accounts import Account
+from .core.audit import AuditEntry
 from .core.errors import (
     CreateFailed,
     DeleteFailed,
     GroupExists,
     ProtocolError,
+    RolesNotStored,
     TooManyGroups,
 )
 from .metrics import DISCONNECT_REASONS, ChatCounters, Scrape, make_registry
@@ -78,6 +89,9 @@ HTTP_CONNECTIONS = 1024
 # Of those, connections still sending their request (or idle between two): past
 # this the oldest is closed, so slow senders can never take every connection.
 HTTP_WAITING = 256
+AUDIT_LIMIT_MAX = 1000
+MODERATION_ACTIONS = ("mod", "unmod", "invite", "uninvite", "kick", "ban", "unban", "mute",
+                      "unmute")
 
 STATUS = {
     200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
@@ -179,6 +193,16 @@ class AdminPort(Protocol):
     def announce(self, text: str, group: Group | None) -> int:
         """`* announcement: <text>` to a group's members (on every node), or to
         everyone; returns how many receive it."""
+    def moderate(self, action: str, args: tuple[str, ...]) -> str:
+        """A moderation command (`set`, `kick`, ...) as the administrator: its `ok:`
+        line once stored; raises ProtocolError (the refusal), RolesNotStored."""
+    def group_roles(self, group: Group) -> dict[str, Any]:
+        """Owner, moderators, settings, invitations, bans, mutes."""
+    def record(self, action: str, group: str | None = None, target: str | None = None,
+               detail: str | None = None) -> None:
+        """An administrator's change, into the audit log (stored when it returns)."""
+    def audit(self, limit: int, group: str | None) -> list[AuditEntry]:
+        """The newest audit entries (of one group), newest first; raises on store failure."""
     def reload(self) -> dict[str, Any]:
         """Re-read the config file (as SIGHUP): {"ok", "changed", "restart_needed"},
         or {"ok": False, "error"} with nothing changed."""
@@ -198,6 +222,10 @@ class AdminAPI:
             ("GET", re.compile(r"/groups"), self.list_groups),
             ("POST", re.compile(r"/groups"), self.create_group),
             ("GET", re.compile(r"/groups/([^/]+)"), self.show_group),
+            ("POST", re.compile(r"/groups/([^/]+)/settings"), self.group_settings),
+            ("POST", re.compile(r"/groups/([^/]+)/(" + "|".join(MODERATION_ACTIONS) + ")"),
+             self.moderate),
+            ("GET", re.compile(r"/audit"), self.audit_log),
             ("DELETE", re.compile(r"/groups/([^/]+)"), self.delete_group),
             ("GET", re.compile(r"/accounts"), self.list_accounts),
             ("POST", re.compile(r"/accounts"), self.create_account),
@@ -336,13 +364,98 @@ class AdminAPI:
         group = self.admin.groups.get(P.name_key(P.normalize(name)))
         if group is None:
             raise HTTPError(404, f"no such group: {name}")
+        return 200, self._group(group)
+
+    def _group(self, group: Group) -> dict[str, Any]:
         members = [u.name for u in group.members.values()] + list(group.remote.values())
-        return 200, {
+        return {
             "name": group.name,
             "created_at": P.utc_stamp(group.created_at),
             "created_by": group.created_by or None,
             "members": sorted(members, key=P.name_key),
+            **self.admin.group_roles(group),
         }
+
+    def _find_group(self, name: str) -> Group:
+        group = self.admin.groups.get(P.name_key(P.normalize(name)))
+        if group is None:
+            raise HTTPError(404, f"no such group: {name}")
+        return group
+
+    def _run(self, action: str, args: tuple[str, ...]) -> str:
+        """A moderation command as the administrator; its refusal as an HTTPError."""
+        try:
+            return self.admin.moderate(action, args)
+        except RolesNotStored as err:
+            raise HTTPError(503, _text(err)) from None
+        except ProtocolError as err:
+            text = _text(err)
+            if text.startswith("no such group: "):
+                raise HTTPError(404, text) from None
+            raise HTTPError(400, text) from None
+
+    def moderate(self, environ: dict, name: str, action: str) -> Response:
+        body = _body(environ)
+        user = _field(body, "user", required=True)
+        reason = _field(body, "reason", required=False)
+        minutes = body.get("minutes")
+        group = self._find_group(name)
+        if P.name_problem(P.normalize(user)) is not None:
+            raise HTTPError(400, f"invalid user name: {user!r}")
+        args = [group.name, user]
+        if minutes is not None:
+            if action != "mute":
+                raise HTTPError(400, "field 'minutes' is for mute only")
+            if isinstance(minutes, bool) or not isinstance(minutes, (int, str)):
+                raise HTTPError(400, "field 'minutes' must be a number (1 to 10080)")
+            args.append(str(minutes))
+        if reason is not None:
+            if action not in ("kick", "ban"):
+                raise HTTPError(400, "field 'reason' is for kick and ban only")
+            if P.has_control(reason):
+                raise HTTPError(400, "control characters are not allowed")
+            limit = self.admin.max_line - 1
+            if len(reason.encode()) > limit:
+                raise HTTPError(400, f"reason too long (max {limit} bytes)")
+            if not P.is_blank(reason):
+                args.append(reason)
+        line = self._run(action, tuple(args))
+        audit.info("admin: %s user=%s in group=%s (from %s)", action, user, group.name,
+                   environ.get("REMOTE_ADDR"))
+        return 200, {"reply": line, "group": self._group(group)}
+
+    def group_settings(self, environ: dict, name: str) -> Response:
+        body = _body(environ)
+        group = self._find_group(name)
+        if not body:
+            raise HTTPError(400, "no setting to change (keys: " + ", ".join(P.SETTINGS) + ")")
+        for key, value in body.items():  # all checked before any is changed
+            values = P.SETTINGS.get(key)
+            if values is None:
+                raise HTTPError(400, _text(ProtocolError(P.invalid_setting(key))))
+            if not isinstance(value, str) or value not in values:
+                raise HTTPError(400, _text(ProtocolError(P.invalid_value(key, str(value)))))
+        replies = [self._run("set", (group.name, key, value)) for key, value in body.items()]
+        audit.info("admin: settings %s of group=%s (from %s)", body, group.name,
+                   environ.get("REMOTE_ADDR"))
+        return 200, {"replies": replies, "group": self._group(group)}
+
+    def audit_log(self, environ: dict) -> Response:
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        raw = query.get("limit", ["100"])[-1]
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= AUDIT_LIMIT_MAX:
+            raise HTTPError(400, f"limit must be 1 to {AUDIT_LIMIT_MAX}")
+        group = query.get("group", [None])[-1] or None
+        try:
+            entries = self.admin.audit(int(raw), group)
+        except Exception as err:
+            log.error("reading the audit log failed: %s", err)
+            raise HTTPError(503, "audit log unavailable: the store failed") from None
+        return 200, {"entries": [
+            {"at": P.utc_stamp(e.at), "actor": e.actor, "action": e.action, "group": e.group,
+             "target": e.target, "detail": e.detail}
+            for e in entries
+        ]}
 
     def create_group(self, environ: dict) -> Response:
         name = _field(_body(environ), "name", required=True)
@@ -355,6 +468,7 @@ class AdminAPI:
         except ProtocolError as err:
             raise HTTPError(400, _text(err)) from None
         audit.info("admin: created group=%s (from %s)", group.name, environ.get("REMOTE_ADDR"))
+        self.admin.record("group.create", group.name)
         return 201, {"name": group.name, "created_at": P.utc_stamp(group.created_at)}
 
     def delete_group(self, environ: dict, name: str) -> Response:
@@ -367,6 +481,7 @@ class AdminAPI:
         if deleted is None:
             raise HTTPError(404, f"no such group: {name}")
         audit.info("admin: deleted group=%s (from %s)", deleted, environ.get("REMOTE_ADDR"))
+        self.admin.record("group.delete", deleted)
         return 204, None
 
     # ------------------------------------------------------------ accounts
@@ -395,6 +510,7 @@ class AdminAPI:
         except AccountError as err:
             raise _account_error(err) from None
         audit.info("admin: created account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        self.admin.record("account.create", target=account.name)
         answer: dict[str, Any] = {"name": account.name}
         if generated is not None:
             answer["password"] = generated  # the one answer a password appears in
@@ -406,6 +522,7 @@ class AdminAPI:
         except AccountError as err:
             raise _account_error(err) from None
         audit.info("admin: deleted account=%s (from %s)", account.name, environ.get("REMOTE_ADDR"))
+        self.admin.record("account.delete", target=account.name)
         return 204, None
 
     def reset_password(self, environ: dict, name: str) -> Response:
@@ -417,6 +534,7 @@ class AdminAPI:
             raise _account_error(err) from None
         audit.info("admin: reset the password of account=%s (from %s)", account.name,
                    environ.get("REMOTE_ADDR"))
+        self.admin.record("account.password", target=account.name)
         answer: dict[str, Any] = {"name": account.name}
         if generated is not None:
             answer["password"] = generated
@@ -429,6 +547,7 @@ class AdminAPI:
             raise _account_error(err) from None
         audit.info("admin: %sed account=%s (from %s)", action, account.name,
                    environ.get("REMOTE_ADDR"))
+        self.admin.record(f"account.{action}", target=account.name)
         return 200, {"name": account.name, "suspended": account.suspended}
 
     # ------------------------------------------------------------ announce, stats

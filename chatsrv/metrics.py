@@ -75,6 +75,8 @@ class ChatCounters(Protocol):
     @property
     def commands(self) -> Mapping[str, int]: ...
     @property
+    def moderation(self) -> Mapping[str, int]: ...
+    @property
     def fanout(self) -> Histogram: ...
     @property
     def login(self) -> Histogram: ...
@@ -201,6 +203,10 @@ class ChatCollector(Collector):
         yield _labelled(CounterMetricFamily, "chatsrv_commands",
                         "Non-blank lines after login, by command word (lower-cased) or "
                         "'unknown'; usage errors count too.", "command", stats.commands)
+        yield _labelled(CounterMetricFamily, "chatsrv_moderation",
+                        "Changes made by moderation commands (set, mod, unmod, invite, uninvite, "
+                        "kick, ban, unban, mute, unmute), by users and the admin API, by action.",
+                        "action", stats.moderation)
         disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
         disconnects.update(now.disconnects)
         yield _labelled(CounterMetricFamily, "chatsrv_disconnects",

@@ -37,6 +37,8 @@ from .configfile import Resolved, check_tls
 from .core import moderation
 from .core import protocol as P
 from .core.accounts import Account, AccountBook, AccountWork, Register
+from .core.audit import ADMIN_ACCOUNT, ADMIN_ACTOR, AuditEntry
+from .core.commands import COMMANDS
 from .core.createrate import CreateRate
 from .core.errors import (
     ClusterUnavailable,
@@ -46,6 +48,7 @@ from .core.errors import (
     GroupPending,
     LoginRefused,
     ProtocolError,
+    RolesNotStored,
 )
 from .core.hub import Hub
 from .core.limits import (
@@ -245,6 +248,9 @@ class ChatServer:
         self.backplane = open_backplane(config, self.hub, kick_local=self.kick_local,
                                         schedule_flush=self.schedule_flush, accounts=self)
         self.accounts.on_failure = self.backplane.login_failed
+        # The admin API's moderation runs as this user (core/audit.py): the owner's
+        # powers on every group, and no session (its replies are read, never sent).
+        self.admin_actor = User(ADMIN_ACTOR, account=ADMIN_ACCOUNT)
         if self.backplane.cluster:
             self.writer.read_history = self.backplane.read_history
             self.writer.follow = self.backplane.follow
@@ -755,6 +761,8 @@ class ChatServer:
         """Store the roles of the groups `work` changed (a session's greenlet waits
         on the writer thread; nobody else does), or in a cluster have Redis make
         each change (`roles_in_cluster`), then queue each reply."""
+        if self.hub.audit:  # queued first: a change's `ok:` means its audit entry is kept too
+            self.save_audit()
         saved: dict[Group, bool] = {}
         for user, group, reply, change in work:
             if change is not None:
@@ -838,6 +846,8 @@ class ChatServer:
     def flush(self) -> None:
         self._flush_pending = False
         hub = self.hub
+        if hub.audit:  # a moderation command changed something
+            self.save_audit()
         if hub.outbox:  # cluster mode: the publisher sends this turn's events
             self.backplane.wake()
         dirty = hub.dirty
@@ -924,6 +934,103 @@ class ChatServer:
             hub.put_back_group(group)
             raise DeleteFailed(f"error: group not deleted, storage failed: {group.name}") from None
         return group.name
+
+    # ------------------------------------------------------------ audit, group moderation
+
+    def save_audit(self) -> None:
+        """The audit entries the core recorded: to the store, on its writer thread."""
+        batch, self.hub.audit = self.hub.audit, []
+        self.writer.submit(self.store.append_audit, batch)
+
+    def record_audit(self, action: str, group: str | None = None, target: str | None = None,
+                     detail: str | None = None) -> None:
+        """An administrator's change (admin API), in the audit: stored when this
+        returns (the request's greenlet waits on the writer). A store failure is
+        logged: the change itself is made."""
+        self.hub.audit.append(AuditEntry(time.time(), ADMIN_ACTOR, action, group, target, detail))
+        self._store_audit()
+
+    def _store_audit(self) -> None:
+        """Write the pending audit entries and wait for it; a failure is logged (the
+        changes themselves are made)."""
+        batch, self.hub.audit = self.hub.audit, []
+        try:
+            self.writer.call(self.store.append_audit, batch)
+        except Exception as err:
+            log.error("%d audit entries not stored (%s): %s", len(batch),
+                      ", ".join(f"{e.action} {e.group or '-'} {e.target or '-'}" for e in batch),
+                      err)
+
+    def read_audit(self, limit: int, group: str | None) -> list[AuditEntry]:
+        """The newest `limit` audit entries (of one group), newest first; raises what
+        the store raises. After every entry submitted before (one writer thread)."""
+        if self.hub.audit:
+            self.save_audit()
+        key = P.name_key(P.normalize(group)) if group is not None else None
+        entries: list[AuditEntry] = self.writer.call(self.store.read_audit, limit, key)
+        return entries
+
+    def moderate(self, action: str, args: tuple[str, ...]) -> str:
+        """An administrator's moderation command (admin API): run as `admin` with the
+        owner's powers on every group, like a user's (same checks, notices, audit);
+        its `ok:` line once stored. Raises ProtocolError, RolesNotStored."""
+        hub = self.hub
+        actor = self.admin_actor
+        try:
+            COMMANDS[action].run(hub, actor, args)
+        except GroupPending as pending:  # being created: not visible yet
+            raise ProtocolError(P.no_such_group(pending.group.name)) from None
+        finally:
+            hub.dirty.discard(actor)  # no session: the replies are read here
+            lines = [data.decode().rstrip("\n") for data in actor.queue]
+            actor.queue.clear()
+            work = [item for item in hub.roles_work if item[0] is actor]
+            hub.roles_work = [item for item in hub.roles_work if item[0] is not actor]
+            self.schedule_flush()
+        if hub.audit:  # stored before the answer, like the change itself
+            self._store_audit()
+        for _, group, line, change in work:
+            if change is not None:  # a cluster: made through Redis, then applied here
+                result = self.roles_in_cluster(change, line)
+                if result == P.CLUSTER_UNAVAILABLE:
+                    raise RolesNotStored(result)
+                if result != line:
+                    raise ProtocolError(result)
+                lines.append(line)
+                continue
+            try:  # a durable store: acknowledged once stored
+                self.writer.call(self.store.put_roles, group.name, moderation.snapshot(group))
+            except Exception as err:
+                log.error("storing the roles of group %s failed: %s", group.name, err)
+                raise RolesNotStored(P.roles_not_stored(group.name)) from None
+            lines.append(line)
+        return lines[0] if lines else ""
+
+    def group_roles(self, group: Group) -> dict[str, Any]:
+        """A group's owner, moderators, settings, invitations, bans and mutes (with
+        their end, None: until unmuted) for the admin API; expired mutes left out."""
+        hub = self.hub
+        book = self.accounts
+
+        def shown(key: str) -> str:
+            user = hub.users.get(key)
+            if user is not None:
+                return user.name
+            account = book.accounts.get(key) if book.enabled else None
+            return account.name if account is not None else key
+
+        now = time.time()
+        return {
+            "owner": shown(group.owner) if group.owner is not None else None,
+            "moderators": sorted(group.mods.values(), key=P.name_key),
+            "settings": dict(zip(P.SETTINGS, group.settings(), strict=True)),
+            "invitations": sorted(group.invited.values(), key=P.name_key),
+            "bans": sorted(group.banned.values(), key=P.name_key),
+            "mutes": sorted(({"user": shown(key),
+                              "until": None if until == float("inf") else P.utc_stamp(until)}
+                             for key, until in group.muted.items() if until > now),
+                            key=lambda m: P.name_key(str(m["user"]))),
+        }
 
     def kick_local(self, name: str, reason: str = "kicked") -> str | None:
         """End the session of `name` on this node only: its display name, or None
@@ -1102,6 +1209,19 @@ class Admin:
 
     def delete_group(self, name: str) -> str | None:
         return self._server.delete_group(name)
+
+    def moderate(self, action: str, args: tuple[str, ...]) -> str:
+        return self._server.moderate(action, args)
+
+    def group_roles(self, group: Group) -> dict[str, Any]:
+        return self._server.group_roles(group)
+
+    def record(self, action: str, group: str | None = None, target: str | None = None,
+               detail: str | None = None) -> None:
+        self._server.record_audit(action, group, target, detail)
+
+    def audit(self, limit: int, group: str | None) -> list[AuditEntry]:
+        return self._server.read_audit(limit, group)
 
     def announce(self, text: str, group: Group | None) -> int:
         server = self._server

@@ -68,6 +68,7 @@ CTL = PREFIX + "ctl"
 ACCOUNTS = PREFIX + "accounts"
 ACCOUNT_LOGINS = PREFIX + "account-logins"
 TOKEN_KEY = PREFIX + "token-key"
+AUDIT = PREFIX + "audit"  # the audit log, newest first (a list capped at audit.REDIS_CAP)
 
 
 def history(group_key: str) -> str:

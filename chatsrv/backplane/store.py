@@ -15,13 +15,15 @@ outage reach Redis when it is back (bounded by the ring size).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 
 from ..core.accounts import Account
+from ..core.audit import REDIS_CAP, AuditEntry
 from ..core.errors import ClusterUnavailable, GroupTaken
 from ..core.moderation import document
-from ..core.protocol import GENERAL, name_key
+from ..core.protocol import GENERAL, name_key, normalize
 from ..store.base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from . import conn, keys
 
@@ -127,6 +129,29 @@ class RedisStore(Store):
             raise StoreError(f"cannot reach Redis at {conn.describe(self.url)}: {err}") from None
         return [(g.name, document(g.owner, decoded(h)))
                 for g, h in zip(groups, hashes, strict=True) if g.owner is not None or h]
+
+    # ------------------------------------------------------------ audit
+
+    def append_audit(self, entries: list[AuditEntry]) -> None:
+        """Newest first in one list shared by the cluster, capped at REDIS_CAP."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.AUDIT, *(keys.dumps(e.as_dict()) for e in entries))
+        pipe.ltrim(keys.AUDIT, 0, REDIS_CAP - 1)
+        try:
+            pipe.execute()
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+
+    def read_audit(self, limit: int, group_key: str | None = None) -> list[AuditEntry]:
+        try:
+            raw = self.redis.lrange(keys.AUDIT, 0, (limit if group_key is None else 0) - 1)
+        except conn.ERRORS as err:
+            raise ClusterUnavailable(str(err)) from None
+        entries = (AuditEntry.from_dict(json.loads(r)) for r in raw)
+        if group_key is not None:  # the whole (capped) list, filtered here
+            entries = (e for e in entries
+                       if e.group is not None and name_key(normalize(e.group)) == group_key)
+        return list(itertools.islice(entries, limit))
 
     # ------------------------------------------------------------ accounts
 

@@ -53,6 +53,11 @@ class DeleteFailed(ReplyError):
     """The store (or Redis) could not delete a group (the text is the error)."""
 
 
+class RolesNotStored(ReplyError):
+    """An administrator's moderation change the store failed to keep (the admin API
+    answers 503); it holds on this node until a restart."""
+
+
 class GroupPending(Exception):
     """The command names a group whose creation awaits the store: decide it later."""
 

@@ -52,6 +52,7 @@ from . import events as E
 from . import moderation
 from . import protocol as P
 from .accounts import AccountBook, AccountWork
+from .audit import MODERATION, AuditEntry
 from .commands import COMMANDS, WORDS, parse
 from .commits import Commits
 from .createrate import CreateRate
@@ -76,6 +77,9 @@ class Stats:
     logins: int = 0
     announcements: int = 0
     commands: dict[str, int] = field(default_factory=dict)
+    # chatsrv_moderation_total{action}: changes made by moderation commands (users'
+    # and the admin API's).
+    moderation: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODERATION, 0))
     # Seconds from a `public` line's parse to its last enqueue, and to handle a
     # username line that logs in; filled only when the hub has a timer.
     fanout: Histogram = field(default_factory=Histogram)
@@ -111,6 +115,9 @@ class Hub:
         # cluster (actor, group, reply, change): the change is made once Redis has
         # it (see moderation.py).
         self.roles_work: list[tuple[User, Group, str, moderation.Change | None]] = []
+        # The audit hook: changes made by moderation commands, oldest first, drained
+        # by the transport into the store (see audit.py).
+        self.audit: list[AuditEntry] = []
         # A monotonic clock for the latency histograms; None = not measured.
         self.timer = timer
         self.history_size = history

@@ -16,6 +16,7 @@ from operator import attrgetter
 from typing import Protocol
 
 from . import protocol as P
+from .audit import ADMIN_ACCOUNT
 from .names import skeleton
 
 
@@ -191,12 +192,15 @@ class Group:
         self.guarded = self.mods_post or bool(self.muted)
 
     def rank(self, account: str | None) -> int:
-        """2: the owner, 1: a moderator, 0: anyone else (guests included)."""
+        """2: the owner (or an administrator), 1: a moderator, 0: anyone else (guests
+        included)."""
         if account is None:
             return 0
         if account == self.owner:
             return 2
-        return 1 if account in self.mods else 0
+        if account in self.mods:
+            return 1
+        return 2 if account == ADMIN_ACCOUNT else 0  # administrators: the owner's powers
 
     def sees(self, user: User) -> bool:
         """Whether `user` may know a private group exists."""

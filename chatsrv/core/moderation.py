@@ -32,6 +32,7 @@ from math import inf
 from typing import TYPE_CHECKING
 
 from . import protocol as P
+from .audit import AuditEntry
 from .errors import ProtocolError
 from .model import Group, User
 
@@ -176,6 +177,14 @@ def document(owner: str | None, fields: dict[str, str]) -> str:
                       sort_keys=True)
 
 
+def _audit(hub: Hub, user: User, action: str, group: Group, target: str | None,
+           detail: str | None = None) -> None:
+    """A change is made: the audit hook (`Hub.audit`, stored by the transport) and
+    `chatsrv_moderation_total{action}`."""
+    hub.audit.append(AuditEntry(hub.clock(), user.name, action, group.name, target, detail))
+    hub.stats.moderation[action] += 1
+
+
 def snapshot(group: Group) -> str:
     """The group's roles and moderation as one JSON document (what the store keeps)."""
     return json.dumps({
@@ -283,6 +292,7 @@ def set_(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     if value not in values:
         raise ProtocolError(P.invalid_value(key, value))
     _change(hub, user, Change(group, key, value, user.name), P.set_line(key, value, group.name))
+    _audit(hub, user, "set", group, None, f"{key} {value}")
 
 
 # mod <group> <user> / unmod <group> <user>
@@ -294,6 +304,7 @@ def mod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _change(hub, user, Change(group, "mod:" + key, shown, user.name, key,
                               P.modded_notice(user.name, group.name)),
             P.modded(shown, group.name))
+    _audit(hub, user, "mod", group, shown)
 
 
 def unmod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
@@ -301,6 +312,7 @@ def unmod(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     key, shown, _ = _target(hub, args[1])
     _change(hub, user, Change(group, "mod:" + key, None, user.name),
             P.unmodded(shown, group.name))
+    _audit(hub, user, "unmod", group, shown)
 
 
 # invite <group> <user> / uninvite <group> <user>
@@ -311,12 +323,14 @@ def invite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _change(hub, user, Change(group, "inv:" + key, shown, user.name, key,
                               P.invited_notice(user.name, group.name)),
             P.invited(shown, group.name))
+    _audit(hub, user, "invite", group, shown)
 
 
 def uninvite(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     _change(hub, user, Change(group, "inv:" + key, None, user.name),
             P.uninvited(shown, group.name))
+    _audit(hub, user, "uninvite", group, shown)
 
 
 # kick <group> <user> [reason]
@@ -327,6 +341,7 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     if victim is not None:
         hub.reply(user, P.removed(shown, group.name))
         hub.remove_member(victim, group, user.name, reason)
+        _audit(hub, user, "kick", group, shown, reason)
         return
     node = _remote_node(hub, group, key)
     if node is None:
@@ -335,6 +350,7 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     # node heard so (after every message it sent before: see docs/scaling.md).
     hub.roles_work.append((user, group, P.removed(shown, group.name),
                            Change(group, None, None, user.name, key, None, reason, node)))
+    _audit(hub, user, "kick", group, shown, reason)
 
 
 # ban <group> <user> [reason] / unban <group> <user>
@@ -344,12 +360,14 @@ def ban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _change(hub, user, Change(group, "ban:" + key, shown, user.name, key, None, reason,
                               _remote_node(hub, group, key)),
             P.banned(shown, group.name))
+    _audit(hub, user, "ban", group, shown, reason)
 
 
 def unban(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     _change(hub, user, Change(group, "ban:" + key, None, user.name),
             P.unbanned(shown, group.name))
+    _audit(hub, user, "unban", group, shown)
 
 
 # mute <group> <user> [minutes] / unmute <group> <user>
@@ -361,6 +379,7 @@ def mute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _change(hub, user, Change(group, "mute:" + key, until, user.name, key,
                               P.muted_notice(user.name, group.name, minutes)),
             P.muted(shown, group.name, minutes))
+    _audit(hub, user, "mute", group, shown, None if minutes is None else str(minutes))
 
 
 def unmute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
@@ -368,6 +387,7 @@ def unmute(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     _change(hub, user, Change(group, "mute:" + key, None, user.name, key,
                               P.unmuted_notice(user.name, group.name)),
             P.unmuted(shown, group.name))
+    _audit(hub, user, "unmute", group, shown)
 
 
 def check_post(hub: Hub, user: User, group: Group) -> None:

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from ..core.accounts import Account
+from ..core.audit import AuditEntry
 
 Entry = tuple[float, str, str]
 """A history entry: (UTC time in seconds, sender as logged in, message text)."""
@@ -80,6 +81,16 @@ class Store(ABC):
 
     def load_roles(self) -> list[tuple[str, str]]:
         """(group name, roles document) of every group that has one."""
+        return []
+
+    # The audit log (PROTOCOL.md v2 "Audit and administration"). Writer thread.
+
+    def append_audit(self, entries: list[AuditEntry]) -> None:  # noqa: B027 (optional)
+        """Keep `entries` (oldest first). A store that keeps nothing ignores them."""
+
+    def read_audit(self, limit: int, group_key: str | None = None) -> list[AuditEntry]:
+        """The newest `limit` entries, newest first; only those of the group whose
+        name key is `group_key` if given."""
         return []
 
     # Accounts. The server keeps every account in memory (logins never wait for

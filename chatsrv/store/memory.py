@@ -6,13 +6,34 @@ at once and keeps history only in its in-memory ring.
 
 from __future__ import annotations
 
+from collections import deque
+
 from ..core.accounts import Account
+from ..core.audit import REDIS_CAP, AuditEntry
+from ..core.protocol import name_key, normalize
 from .base import Entry, GroupRecord, LoadedGroup, Store
 
 
 class MemoryStore(Store):
     kind = "memory"
     durable = False
+
+    def __init__(self) -> None:
+        # The audit log lives as long as the process, its newest REDIS_CAP entries.
+        self.audit: deque[AuditEntry] = deque(maxlen=REDIS_CAP)
+
+    def append_audit(self, entries: list[AuditEntry]) -> None:
+        self.audit.extend(entries)
+
+    def read_audit(self, limit: int, group_key: str | None = None) -> list[AuditEntry]:
+        found: list[AuditEntry] = []
+        for entry in reversed(self.audit):
+            if len(found) >= limit:
+                break
+            if group_key is None or (entry.group is not None
+                                     and name_key(normalize(entry.group)) == group_key):
+                found.append(entry)
+        return found
 
     def load(self, keep: int, budget: int | None = None) -> list[LoadedGroup]:
         return []

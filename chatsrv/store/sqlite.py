@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.accounts import Account
-from ..core.protocol import GENERAL
+from ..core.audit import AuditEntry
+from ..core.protocol import GENERAL, name_key, normalize
 from .base import Entry, GroupRecord, LoadedGroup, Store, StoreError
 from .lock import DirLock
 
@@ -82,6 +83,21 @@ MIGRATIONS: tuple[str, ...] = (
         group_id INTEGER PRIMARY KEY REFERENCES groups(id),
         data TEXT NOT NULL
     );
+    """,
+    # 4: the audit log (core/audit.py): moderation and administrators' account
+    # changes, one row each, never pruned; `group_key` (the name key) for the filter.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        group_name TEXT,
+        group_key TEXT,
+        target TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_group ON audit(group_key, id);
     """,
 )
 """Forward migrations: entry i takes a database from version i to i + 1."""
@@ -437,6 +453,35 @@ class SqliteStore(Store):
             ).fetchall()
         except sqlite3.Error as err:
             raise StoreError(describe_db_error(self.path, err)) from None
+
+    # ------------------------------------------------------------ audit
+
+    def append_audit(self, entries: list[AuditEntry]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO audit (at, actor, action, group_name, group_key, target, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.at, e.actor, e.action, e.group,
+                  None if e.group is None else name_key(normalize(e.group)), e.target, e.detail)
+                 for e in entries])
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+
+    def read_audit(self, limit: int, group_key: str | None = None) -> list[AuditEntry]:
+        sql = "SELECT at, actor, action, group_name, target, detail FROM audit"
+        args: tuple[object, ...] = (limit,)
+        if group_key is not None:
+            sql += " WHERE group_key = ?"
+            args = (group_key, limit)
+        try:
+            rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", args).fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(describe_db_error(self.path, err)) from None
+        return [AuditEntry(*row) for row in rows]
 
     def load_accounts(self) -> list[Account]:
         try:

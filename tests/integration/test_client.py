@@ -602,3 +602,37 @@ def test_interactive_password_without_echo_token_file_and_no_history(server, ter
     again.type("/quit\r")
     assert again.wait() == 0
     assert "password for" not in again.text()
+
+
+
+def test_interactive_notices_about_you_stand_out_and_removal_forgets_the_group(
+        server, terminal, login):
+    bob = login(server, "bob")
+    assert bob.request("register bob-password-1").startswith("ok: ")
+    bob.send("create class")
+    bob.read_until(lambda line: line == "ok: created group class")
+    term = terminal()
+    log_in(term, "alice")
+    term.type("/join class\r")
+    term.expect("alice [class]>")
+    bob.send("mute class alice 5")
+    term.expect("* bob muted you in class for 5 minutes")
+    bob.send("kick class alice enough")
+    term.expect("* bob removed you from class: enough")
+    term.expect("alice>")  # the group is forgotten: no longer the conversation
+    raw = bytes(term.raw)
+    assert b"\x1b[1;7;31m* bob muted you in class for 5 minutes\x1b[0m" in raw
+    assert b"\x1b[1;7;31m* bob removed you from class: enough\x1b[0m" in raw
+    term.type("still there?\r")
+    term.expect("no conversation yet: /g GROUP or /msg USER first")
+    term.type("/quit\r")
+    assert term.wait() == 0
+    plain = terminal("--no-color")
+    log_in(plain, "carol")
+    plain.type("/join class\r")
+    plain.expect("ok: joined group class")
+    bob.send("mute class carol")
+    plain.expect("* bob muted you in class")
+    assert b"\x1b[1;7;31m" not in bytes(plain.raw)
+    plain.type("/quit\r")
+    assert plain.wait() == 0

@@ -173,7 +173,7 @@ def dashboard_expressions() -> list[str]:
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "time", "label_values", "le",
     "instance", "kind", "command", "reason", "result", "job", "without", "avg", "max", "min",
-    "irate", "transport",
+    "irate", "action", "transport",
 }
 
 
@@ -193,7 +193,8 @@ def test_dashboard_has_every_panel_and_the_instance_variable():
                   "deliveries per second", "commands per second by command",
                   "disconnects by reason", "fan-out time p50 / p99", "login time p99",
                   "send queues", "cpu", "resident memory", "file descriptors",
-                  "logins by result", "open connections by transport",
+                  "logins by result", "moderation actions per minute by action",
+                  "open connections by transport",
                   "new connections per second by transport"):
         assert words in titles, words
     assert any(v["name"] == "instance" for v in dash["templating"]["list"])

@@ -150,3 +150,23 @@ def test_account_slash_commands():
     assert chat.translate("/token").send == ["token"]
     assert chat.translate("token").send == ["token"]  # the protocol command as typed
     assert "/register PASSWORD" in help_text()
+
+
+def test_notices_about_you_stand_out_and_a_removal_forgets_the_group():
+    from chatsrv.chat import ALERT, YOU
+
+    chat = logged_in()
+    chat.note("ok: joined group class")
+    assert chat.current == ("group", "class") and "class" in chat.mine
+    assert chat.note("* ta invited you to lab") == YOU
+    assert chat.note("* teach made you a moderator of class") == YOU
+    assert chat.note("* ta muted you in class for 10 minutes") == ALERT
+    assert chat.note("* ta unmuted you in class") == YOU
+    assert chat.note("* bob was removed from class by ta") == NOTICE  # about someone else
+    assert chat.note("* ta removed you from class: talking: twice") == ALERT
+    assert "class" not in chat.mine and chat.current is None
+    assert chat.prompt() == "alice> "
+    assert chat.translate("/g class").note == "you are not in class: /join class to talk there"
+    chat.note("ok: joined group Lab")
+    assert chat.note("* group Lab was deleted by an administrator") == ALERT
+    assert "lab" not in chat.mine and "lab" not in chat.groups and chat.current is None

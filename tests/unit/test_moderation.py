@@ -370,3 +370,61 @@ def test_a_redis_roles_hash_loads_as_it_applies(hub):
     assert loaded.settings() == ["invite", "moderators", "shared", "private"]
     M.replace(hub, applied, {"v": "10"})  # all removed meanwhile
     assert hub.private_groups == 0 and not applied.guarded and not applied.mods
+
+
+def test_offline_and_unknown_targets(hub, room):
+    owner, mo, ann, gus = room
+    # Mia has an account and is offline; "nobody" is neither online nor an account.
+    assert ask(mo, "invite class mia") == "ok: invited Mia to class"
+    assert ask(mo, "mute class MIA 3") == "ok: muted Mia in class for 3 minutes"
+    assert ask(mo, "ban class mia spam") == "ok: banned Mia from class"
+    assert ask(mo, "kick class mia") == "error: Mia is not a member of class"
+    assert ask(mo, "invite class nobody") == "error: not allowed: nobody has no account"
+    assert ask(owner, "mod class nobody") == "error: not allowed: nobody has no account"
+    assert ask(mo, "ban class nobody") == "ok: banned nobody from class"
+    assert ask(mo, "mute class nobody") == "ok: muted nobody in class"
+    assert ask(mo, "kick class nobody") == "error: nobody is not a member of class"
+    assert ask(mo, "unmute class nobody") == "ok: unmuted nobody in class"
+    assert ask(ann, "set class join invite") == \
+        "error: not allowed: only the owner of class can do that"
+    assert ask(ann, "unmod class mo") == "error: not allowed: only the owner of class can do that"
+
+
+def test_audit_hook_and_moderation_counter(hub, room, clock):
+    owner, mo, ann, gus = room
+    hub.audit.clear()
+    before = dict(hub.stats.moderation)
+    assert ask(mo, "kick class gus bye now") == "ok: removed gus from class"
+    assert ask(mo, "mute class ann 5") == "ok: muted Ann in class for 5 minutes"
+    assert ask(owner, "set class post moderators") == "ok: set post moderators in class"
+    assert ask(ann, "kick class mo").startswith("error: ")  # refused: not recorded
+    assert ask(mo, "kick class owner").startswith("error: ")
+    assert [(e.actor, e.action, e.group, e.target, e.detail) for e in hub.audit] == [
+        ("Mo", "kick", "class", "gus", "bye now"),
+        ("Mo", "mute", "class", "Ann", "5"),
+        ("Owner", "set", "class", None, "post moderators"),
+    ]
+    assert all(e.at == clock() for e in hub.audit)
+    changed = {k: v - before[k] for k, v in hub.stats.moderation.items() if v != before[k]}
+    assert changed == {"kick": 1, "mute": 1, "set": 1}
+
+
+def test_the_administrator_has_the_owners_powers_everywhere(hub, room):
+    from chatsrv.core.audit import ADMIN_ACCOUNT, ADMIN_ACTOR
+    from chatsrv.core.model import User
+
+    owner, mo, ann, gus = room
+    gus.send("create lounge")
+    assert got(gus) == ["ok: created group lounge"]
+    assert hub.groups["lounge"].owner is None
+    admin = User(ADMIN_ACTOR, account=ADMIN_ACCOUNT)
+    for group in ("General", "lounge", "class"):
+        assert hub.groups[group.lower()].rank(ADMIN_ACCOUNT) == 2
+        M.set_(hub, admin, (group, "visibility", "private"))
+        assert hub.groups[group.lower()].private
+    M.mod(hub, admin, ("lounge", "ann"))
+    assert got(ann)[-1] == "* admin made you a moderator of lounge"
+    M.kick(hub, admin, ("class", "mo", "rules"))  # a moderator, too
+    assert got(mo)[-1] == "* admin removed you from class: rules"
+    assert hub.groups["class"].sees(admin)
+    assert [e.actor for e in hub.audit][-2:] == ["admin", "admin"]

@@ -211,6 +211,30 @@ def test_backup_carries_accounts(tmp_path, store):
     moved.close()
 
 
+def test_audit_newest_first_filtered_and_carried_by_backup(tmp_path, store):
+    from chatsrv.core.audit import AuditEntry
+
+    store.create_group(GroupRecord("Dev", "alice", 5.0))
+    store.append_audit([AuditEntry(1.0, "alice", "set", "Dev", None, "join invite"),
+                        AuditEntry(2.0, "admin", "account.create", None, "bob")])
+    store.append_audit([AuditEntry(3.0, "bob", "kick", "Dev", "carol", "spam")])
+    assert [e.at for e in store.read_audit(10)] == [3.0, 2.0, 1.0]
+    assert store.read_audit(1) == [AuditEntry(3.0, "bob", "kick", "Dev", "carol", "spam")]
+    assert [e.action for e in store.read_audit(10, "dev")] == ["kick", "set"]
+    assert store.read_audit(10, "ops") == []
+    backup(tmp_path / "data", tmp_path / "b.db")
+    store.close()
+    restore(tmp_path / "other", tmp_path / "b.db")
+    moved = SqliteStore(tmp_path / "other")
+    assert [e.action for e in moved.read_audit(10)] == ["kick", "account.create", "set"]
+    moved.close()
+    memory = MemoryStore()
+    memory.append_audit([AuditEntry(1.0, "a", "mute", "Dev", "b", "5"),
+                         AuditEntry(2.0, "a", "mute", "Ops", "b", None)])
+    assert [e.group for e in memory.read_audit(5)] == ["Ops", "Dev"]
+    assert [e.group for e in memory.read_audit(5, "dev")] == ["Dev"]
+
+
 def test_newer_schema_is_refused(tmp_path):
     SqliteStore(tmp_path / "data").close()
     db = sqlite3.connect(tmp_path / "data" / "chatsrv.db")
