@@ -68,6 +68,9 @@ STATIC = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
+    # The page names it; /favicon.ico too, for what asks without reading the page.
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 SECURITY_HEADERS = (
     b"Content-Security-Policy: default-src 'self'\r\n"

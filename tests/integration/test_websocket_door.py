@@ -284,3 +284,14 @@ def test_a_request_to_ws_that_is_not_a_handshake_gets_400(door):
     reply = raw_http(server.web_port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert reply.endswith(b"error: not a WebSocket handshake\n")
+
+
+def test_the_page_names_its_icon_and_the_server_has_it(door):
+    """No 404 in the browser's console: the page's icon and /favicon.ico are served."""
+    server = door()
+    page = raw_http(server.web_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b'<link rel="icon" href="favicon.svg"' in page
+    for path in (b"/favicon.svg", b"/favicon.ico"):
+        reply = raw_http(server.web_port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Type: image/svg+xml\r\n" in reply and reply.endswith(b"</svg>\n")
