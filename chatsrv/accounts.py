@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .core import protocol as P
 from .core.accounts import Account, AccountBook, password_problem
 from .core.errors import ClusterUnavailable
+from .core.names import reserved, skeleton
 
 log = logging.getLogger("chatsrv.accounts")
 
@@ -121,6 +122,8 @@ class AccountService:
         existing = self.book.get(nfc) or self.book.lookalike(nfc)
         if existing is not None:
             raise Exists(f"account exists: {existing.name}")
+        if reserved(skeleton(nfc)):
+            raise Invalid(f"invalid name: {nfc} is reserved for administrators")
         clear, generated = self._password(password)
         account = Account(nfc, self.hasher.hash(clear), self.clock())
         self._add(account)

@@ -60,7 +60,7 @@ from .errors import GroupPending, LoginRefused, ProtocolError
 from .histogram import Histogram
 from .mirror import Mirror
 from .model import Conn, Entry, Group, RemoteUser, User, entry_size
-from .names import skeleton
+from .names import reserved, skeleton
 
 COMPACT_MIN = 4096
 
@@ -590,6 +590,8 @@ class Hub:
         # A look-alike of a user here or (as the mirror knows them) on another node;
         # the very same name on another node is Redis's to decide, as above.
         skel = skeleton(nfc)
+        if reserved(skel):  # the administrators' name (names.RESERVED)
+            raise LoginRefused(P.username_taken(nfc))
         other = self.user_lookalike(skel)
         if other is not None and other.key != key:
             raise LoginRefused(P.username_taken(nfc))

@@ -133,3 +133,16 @@ def invisible(name: str) -> bool:
     """True if a name has nothing visible: only default-ignorable or blank characters
     (the Hangul fillers U+115F, U+1160, U+3164, U+FFA0 are both)."""
     return all(_UCD.default_ignorable(ord(ch)) or ch.isspace() for ch in name)
+
+
+RESERVED = ("admin",)
+"""Names nobody may log in with nor make an account of, nor any look-alike: `admin`
+is the administrators' name in notices and the audit log (audit.py ADMIN_ACTOR),
+so a user of that name could pass for them (`[private from admin] your password?`)."""
+
+_RESERVED_SKELS = frozenset(skeleton(name) for name in RESERVED)
+
+
+def reserved(skel: str) -> bool:
+    """Whether a name with this skeleton is one of `RESERVED` or looks like one."""
+    return skel in _RESERVED_SKELS

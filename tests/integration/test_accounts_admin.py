@@ -75,6 +75,15 @@ def test_look_alike_account_names_are_taken(srv):
     listed = [a["name"] for a in api.ok("GET", "/api/v1/accounts")["accounts"]]
     assert listed == ["alice", "b\u043eb"]
     welcomed(log_in(srv, "alice correct-horse"), "alice")
+    # `admin` is the administrators' name in notices and the audit: nobody's, in no form.
+    for name in ("admin", "ADMIN", "\u0430dmin"):
+        other = Client(srv.host, srv.port)
+        other.expect(PROMPT)
+        other.send(name)
+        other.expect(f"error: username taken: {name}", PROMPT)
+        status, body = api.call("POST", "/api/v1/accounts", {"name": name, "password": "x" * 12})
+        assert status == 400 and body["error"] == \
+            f"invalid name: {name} is reserved for administrators", body
 
 
 def test_reset_suspend_unsuspend_delete(srv):
