@@ -12,7 +12,7 @@ import ssl
 import urllib.request
 
 import pytest
-from conftest import Api, RunningServer, free_port, wait_for
+from conftest import Api, RunningServer, _servers, free_port, wait_for
 from test_websocket import WsClient, start_web_server
 from wsproto.events import CloseConnection, Message
 
@@ -22,19 +22,14 @@ TOKEN = "door-admin-token"
 @pytest.fixture
 def door(tmp_path):
     """door(**options): a server with the web port and the admin API on free ports."""
-    servers: list[RunningServer] = []
 
-    def factory(**options) -> RunningServer:
+    def start(tmp, **options) -> RunningServer:
         options.setdefault("rate_limit", 0)
-        server = start_web_server(tmp_path, http_port=free_port(), admin_token=TOKEN,
-                                  **options)
+        server = start_web_server(tmp, http_port=free_port(), admin_token=TOKEN, **options)
         server.api = Api(server.http_url, TOKEN)
-        servers.append(server)
         return server
 
-    yield factory
-    for server in servers:
-        server.stop(signal.SIGKILL)
+    yield from _servers(tmp_path, start)
 
 
 @pytest.fixture
