@@ -131,22 +131,29 @@ class Receiver:
         self.other = 0  # lines that are not deliveries (late notices)
         self.acc = 0  # deliveries since the last latency sample
 
-    def on_readable(self, buf: bytearray, view: memoryview, now_ns: int, sh: Shared) -> str | None:
-        """Read once and account for the complete lines; returns an error or None."""
+    def read(self, buf: bytearray, view: memoryview, what: str) -> int | str:
+        """One recv after the unfinished `tail` put back at the start of `buf`: the
+        bytes now in `buf` (0: nothing to read yet) or an error."""
         k = len(self.tail)
         if k > MAX_TAIL:
-            return "line too long from server"
+            return f"{what} too long from server"
         if k:
             buf[:k] = self.tail
         try:
             n = self.conn.sock.recv_into(view[k:], RECV_SIZE)
         except BlockingIOError:
-            return None
+            return 0
         except OSError as e:
             return f"recv: {e}"
-        if n == 0:
-            return "EOF"
-        total = k + n
+        return k + n if n else "EOF"
+
+    def on_readable(self, buf: bytearray, view: memoryview, now_ns: int, sh: Shared) -> str | None:
+        """Read once and account for the complete lines; returns an error or None."""
+        total = self.read(buf, view, "line")
+        if not total:
+            return None
+        if isinstance(total, str):
+            return total
         end = buf.rfind(b"\n", 0, total) + 1
         self.tail = bytes(buf[end:total])
         if end:
@@ -221,20 +228,11 @@ class WsReceiver(Receiver):
         self.flay = flay
 
     def on_readable(self, buf: bytearray, view: memoryview, now_ns: int, sh: Shared) -> str | None:
-        k = len(self.tail)
-        if k > MAX_TAIL:
-            return "frame too long from server"
-        if k:
-            buf[:k] = self.tail
-        try:
-            n = self.conn.sock.recv_into(view[k:], RECV_SIZE)
-        except BlockingIOError:
+        total = self.read(buf, view, "frame")
+        if not total:
             return None
-        except OSError as e:
-            return f"recv: {e}"
-        if n == 0:
-            return "EOF"
-        total = k + n
+        if isinstance(total, str):
+            return total
         lay = self.flay
         end = total - total % lay.line_len
         counts = self._fast_count(buf, end, lay) if end else None
