@@ -394,6 +394,14 @@ class AdminAPI:
                 raise HTTPError(404, text) from None
             raise HTTPError(400, text) from None
 
+    def _check_text(self, field: str, text: str) -> None:
+        """Text that reaches users in a chat line: no control characters, fits a line."""
+        if P.has_control(text):
+            raise HTTPError(400, "control characters are not allowed")
+        limit = self.admin.max_line - 1
+        if len(text.encode()) > limit:
+            raise HTTPError(400, f"{field} too long (max {limit} bytes)")
+
     def moderate(self, environ: dict, name: str, action: str) -> Response:
         body = _body(environ)
         user = _field(body, "user", required=True)
@@ -412,11 +420,7 @@ class AdminAPI:
         if reason is not None:
             if action not in ("kick", "ban"):
                 raise HTTPError(400, "field 'reason' is for kick and ban only")
-            if P.has_control(reason):
-                raise HTTPError(400, "control characters are not allowed")
-            limit = self.admin.max_line - 1
-            if len(reason.encode()) > limit:
-                raise HTTPError(400, f"reason too long (max {limit} bytes)")
+            self._check_text("reason", reason)
             if not P.is_blank(reason):
                 args.append(reason)
         line = self._run(action, tuple(args))
@@ -558,11 +562,7 @@ class AdminAPI:
         group = _field(body, "group", required=False)
         if P.is_blank(text):
             raise HTTPError(400, "text must not be empty")
-        if P.has_control(text):
-            raise HTTPError(400, "control characters are not allowed")
-        limit = self.admin.max_line - 1
-        if len(text.encode()) > limit:
-            raise HTTPError(400, f"text too long (max {limit} bytes)")
+        self._check_text("text", text)
         target = None
         if group is not None:
             target = self.admin.groups.get(P.name_key(P.normalize(group)))
