@@ -157,6 +157,12 @@ def replace(hub: Hub, group: Group, fields: dict[str, str]) -> None:
             apply(hub, group, field, value)
     group.reguard()
     group.rv = int(fields.get("v", 0))
+    # A ban this node missed while cut off from Redis: its member here goes now,
+    # as the announcement would have done (Redis keeps no actor: "a moderator").
+    for key in list(group.banned):
+        victim = group.members.get(key)
+        if victim is not None:
+            hub.remove_member(victim, group, P.UNKNOWN_MODERATOR, None)
 
 
 def document(owner: str | None, fields: dict[str, str]) -> str:

@@ -164,6 +164,9 @@ REPLACED = b"* disconnected: logged in from another connection\n"
 BYE = "ok: bye"
 # Cluster mode (--redis): a command that needs Redis while it is unreachable.
 CLUSTER_UNAVAILABLE = "error: cluster unavailable"
+# The actor named when a node removes a member banned while it was cut off from
+# Redis (the ban's announcement missed; Redis keeps who banned, not who did it).
+UNKNOWN_MODERATOR = "a moderator"
 PONG = "ok: pong"
 
 

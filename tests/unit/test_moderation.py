@@ -353,6 +353,21 @@ def test_in_a_cluster_changes_wait_for_redis_and_apply_in_its_order(hub, room):
     assert not hub.roles_work
 
 
+def test_a_ban_missed_while_cut_off_from_redis_removes_the_member_on_reload(hub, room):
+    """A node reloading the roles after an outage removes its member banned meanwhile
+    (otherwise it could go on posting: only `join` checks bans)."""
+    owner, mo, ann, gus = room
+    hub.join_cluster("n1")
+    group = hub.groups["class"]
+    hub.reload_roles("class", {"mod:mo": "Mo", "ban:gus": "gus", "v": "5"})
+    assert "gus" in group.banned and "gus" not in group.members
+    assert got(gus) == ["* a moderator removed you from class"]
+    assert got(ann) == got(owner) == ["* gus was removed from class by a moderator"]
+    assert ask(gus, "join class") == "error: not allowed: you are banned from class"
+    hub.reload_roles("class", {"mod:mo": "Mo", "ban:gus": "gus", "v": "5"})  # again: no-op
+    assert got(ann) == []
+
+
 def test_a_redis_roles_hash_loads_as_it_applies(hub):
     """RedisStore.load_roles turns a group's hash into `restore`'s document
     (`document`); a node reconnecting applies the hash itself (`replace`): same roles."""
