@@ -345,9 +345,12 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     reason = args[2] if len(args) > 2 else None
     victim = group.members.get(key)
     if victim is not None:
-        hub.reply(user, P.removed(shown, group.name))
         hub.remove_member(victim, group, user.name, reason)
         _audit(hub, user, "kick", group, shown, reason)
+        if hub.outbox is None:  # with a durable store: `ok:` once its audit entry is
+            _done(hub, user, group, P.removed(shown, group.name))  # stored
+        else:
+            hub.reply(user, P.removed(shown, group.name))
         return
     node = _remote_node(hub, group, key)
     if node is None:

@@ -367,10 +367,12 @@ def test_admin_cli_group_and_audit(school):
 def test_acknowledged_changes_keep_their_audit_entry_through_kill_9(school, make_http_server):
     server, teach, ta, stud = school
     assert ask(teach, "set class post moderators") == "ok: set post moderators in class"
-    server.api.ok("POST", API + "/groups/class/kick", {"user": "stud"})  # answered: stored
+    assert ask(teach, "kick class stud out") == "ok: removed stud from class"  # stored too
+    server.api.ok("POST", API + "/groups/class/ban", {"user": "stud"})  # answered: stored
     server.stop(signal.SIGKILL)
     again = make_http_server(rate_limit=0, accounts="optional", admin_token=TOKEN)
     assert short(audit(again.api, "?group=class")) == [
-        ("admin", "kick", "class", "stud", None),
+        ("admin", "ban", "class", "stud", None),
+        ("teach", "kick", "class", "stud", "out"),
         ("teach", "set", "class", None, "post moderators"),
     ]
