@@ -19,6 +19,7 @@ import resource
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -156,6 +157,12 @@ def set_keepalive(sock, seconds: float) -> None:
         sock.setsockopt(level, option, value)
 
 
+# Linux gives an accepted socket the listening socket's options (SO_KEEPALIVE,
+# TCP_KEEPIDLE/INTVL/CNT, TCP_USER_TIMEOUT, TCP_NODELAY): set there once, they
+# cost no syscall per connection (6 fewer per login). Elsewhere, per connection.
+INHERITS_OPTIONS = sys.platform.startswith("linux")
+
+
 def _linger(io: SockIO) -> None:
     """After an error answer to a request not read to its end: stop sending and read
     what the client still sends (a little, briefly) before the close, so the
@@ -240,6 +247,9 @@ class ChatServer:
         self._flush_pending = False
         self.loop = gevent.get_hub().loop
         self._tls = tls_context(config)
+        # The --keepalive the listening sockets pass on to accepted ones (see
+        # INHERITS_OPTIONS); None: each accepted socket gets its options itself.
+        self._inherited: float | None = None
         self._tls_loaded = _tls_files(config)
         self._listener: Acceptor | None = None
         self._web: Acceptor | None = None
@@ -285,14 +295,21 @@ class ChatServer:
         self.writer.start()
         # Bound before joining a cluster it could not serve; a --workers worker
         # shares the port with the others (SO_REUSEPORT).
-        listener = Acceptor(listening_socket(self.config.host, self.config.port,
-                                             reuse_port=self.config.reuse_port),
-                            self._handle, self.admit)
-        web = None
+        chat_sock = listening_socket(self.config.host, self.config.port,
+                                     reuse_port=self.config.reuse_port)
+        web_sock = None
         if self.config.web_port:
-            web = Acceptor(listening_socket(self.config.web_host, self.config.web_port,
-                                            reuse_port=self.config.reuse_port),
-                           self._handle_web, self.admit_web)
+            web_sock = listening_socket(self.config.web_host, self.config.web_port,
+                                        reuse_port=self.config.reuse_port)
+        if INHERITS_OPTIONS:  # set once here instead of on every accepted socket
+            for sock in (chat_sock, web_sock):
+                if sock is not None:
+                    self._set_options(sock, self.config.keepalive)
+            self._inherited = self.config.keepalive
+        listener = Acceptor(chat_sock, self._handle, self.admit)
+        web = None
+        if web_sock is not None:
+            web = Acceptor(web_sock, self._handle_web, self.admit_web)
         self.backplane.start()
         if self.config.http_port:
             token = self.config.admin_token or load_or_create_token(self.config.data_dir)
@@ -573,9 +590,8 @@ class ChatServer:
 
     def _open_session(self, sock: socket.socket, address, key: str | None) -> Session | None:
         peer = f"{address[0]}:{address[1]}"
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.keepalive:
-            set_keepalive(sock, self.config.keepalive)
+        if self._inherited != self.config.keepalive:  # not Linux, or a reload changed it
+            self._set_options(sock, self.config.keepalive)
         io = SockIO(sock)
         tls = None
         if self._tls is not None:
@@ -590,6 +606,18 @@ class ChatServer:
         log.info("connect id=%d peer=%s", session.id, peer)
         return session
 
+    @staticmethod
+    def _set_options(sock: socket.socket, keepalive: float) -> None:
+        """No Nagle delay, and a vanished peer noticed within `keepalive` seconds."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive:
+            set_keepalive(sock, keepalive)
+        else:  # off: also when a reload turned off what the listener passes on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+            user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+            if user_timeout is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, user_timeout, 0)
+
     def _opened(self, session: Session) -> None:
         self.sessions.add(session)
         self.connections_total += 1
@@ -603,9 +631,8 @@ class ChatServer:
         """One HTTP request on the web port (HTTPS with --tls-cert): a page, an error,
         or a WebSocket upgrade that becomes a Session."""
         peer = f"{address[0]}:{address[1]}"
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.keepalive:
-            set_keepalive(sock, self.config.keepalive)
+        if self._inherited != self.config.keepalive:  # not Linux, or a reload changed it
+            self._set_options(sock, self.config.keepalive)
         io = SockIO(sock)
         tls = None
         if self._tls is not None:  # the chat port's context, reloaded with it

@@ -19,6 +19,7 @@ log state is likewise kept one minute per address refused, no longer.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections import deque
@@ -56,6 +57,7 @@ def parse_networks(spec: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)  # twice per login (limits, create-rate): parsed once
 def address_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """The peer's address, IPv4-mapped IPv6 turned into IPv4; raises ValueError."""
     addr = ipaddress.ip_address(host)
