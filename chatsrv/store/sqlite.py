@@ -557,10 +557,12 @@ class Summary:
     version: int
     size: int
     accounts: int = 0
+    audit: int = 0
 
     def __str__(self) -> str:
         return (f"{self.groups} groups, {self.messages} history messages, "
-                f"{self.accounts} accounts, schema version {self.version}, {self.size:,} bytes")
+                f"{self.accounts} accounts, {self.audit} audit entries, "
+                f"schema version {self.version}, {self.size:,} bytes")
 
 
 def summarize(db: sqlite3.Connection, path: Path) -> Summary:
@@ -573,7 +575,8 @@ def summarize(db: sqlite3.Connection, path: Path) -> Summary:
     groups = db.execute("SELECT COUNT(*) FROM groups").fetchone()[0]
     messages = db.execute("SELECT COALESCE(SUM(count), 0) FROM history_chunks").fetchone()[0]
     accounts = db.execute("SELECT COUNT(*) FROM accounts").fetchone()[0] if version >= 2 else 0
-    return Summary(groups, messages, version, path.stat().st_size, accounts)
+    audit = db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] if version >= 4 else 0
+    return Summary(groups, messages, version, path.stat().st_size, accounts, audit)
 
 
 def _check(db: sqlite3.Connection, path: Path) -> None:

@@ -15,7 +15,9 @@ const state = {
   backoff: 500, stop: null, // stop: why not to reconnect (exit, kicked, replaced)
 };
 
-const key = (name) => name.toLowerCase();
+// The server's name_key is Unicode casefolding; upper- then lower-casing gets the
+// cases JS's toLowerCase alone misses (Straße = STRASSE, final sigma).
+const key = (name) => name.normalize("NFC").toUpperCase().toLowerCase();
 const hhmm = (d) => d.toTimeString().slice(0, 5);
 
 function status(text) { $("status").textContent = text; }

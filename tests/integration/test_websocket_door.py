@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 from conftest import Api, RunningServer, _servers, free_port, wait_for
-from test_websocket import WsClient, start_web_server
+from test_websocket import start_web_server, ws_clients  # noqa: F401 - a fixture
 from wsproto.events import CloseConnection, Message
 
 TOKEN = "door-admin-token"
@@ -33,17 +33,8 @@ def door(tmp_path):
 
 
 @pytest.fixture
-def wsc():
-    clients: list[WsClient] = []
-
-    def factory(server: RunningServer, **kw) -> WsClient:
-        client = WsClient(server.web_port, **kw)
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        client.close()
+def wsc(ws_clients):  # noqa: F811 - test_websocket's fixture, under a short name
+    return ws_clients
 
 
 def disconnects(server: RunningServer) -> list[str]:

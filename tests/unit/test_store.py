@@ -222,7 +222,8 @@ def test_audit_newest_first_filtered_and_carried_by_backup(tmp_path, store):
     assert store.read_audit(1) == [AuditEntry(3.0, "bob", "kick", "Dev", "carol", "spam")]
     assert [e.action for e in store.read_audit(10, "dev")] == ["kick", "set"]
     assert store.read_audit(10, "ops") == []
-    backup(tmp_path / "data", tmp_path / "b.db")
+    summary = backup(tmp_path / "data", tmp_path / "b.db")
+    assert summary.audit == 3 and "3 audit entries" in str(summary)
     store.close()
     restore(tmp_path / "other", tmp_path / "b.db")
     moved = SqliteStore(tmp_path / "other")
