@@ -63,8 +63,10 @@ class Change:
 
 
 def _done(hub: Hub, user: User, group: Group, line: str) -> None:
-    """A change is made: reply now, or once the store has it (`hub.durable`)."""
-    if hub.durable:
+    """A change is made on this node: reply now, or with a durable store once the
+    store has it and its audit entry (`save_roles`). In a cluster a change goes
+    through Redis instead (`_change`); what is left (a kick here) answers now."""
+    if hub.durable and hub.outbox is None:
         hub.roles_work.append((user, group, line, None))
     else:
         hub.reply(user, line)
@@ -344,21 +346,18 @@ def kick(hub: Hub, user: User, args: tuple[str, ...]) -> None:
     group, key, shown, _ = _moderated(hub, user, args[0], args[1])
     reason = args[2] if len(args) > 2 else None
     victim = group.members.get(key)
+    line = P.removed(shown, group.name)
     if victim is not None:
         hub.remove_member(victim, group, user.name, reason)
-        _audit(hub, user, "kick", group, shown, reason)
-        if hub.outbox is None:  # with a durable store: `ok:` once its audit entry is
-            _done(hub, user, group, P.removed(shown, group.name))  # stored
-        else:
-            hub.reply(user, P.removed(shown, group.name))
-        return
-    node = _remote_node(hub, group, key)
-    if node is None:
-        raise ProtocolError(P.not_member_of(shown, group.name))
-    # Another node's member: that node removes it; the reply waits until this
-    # node heard so (after every message it sent before: see docs/scaling.md).
-    hub.roles_work.append((user, group, P.removed(shown, group.name),
-                           Change(group, None, None, user.name, key, None, reason, node)))
+        _done(hub, user, group, line)
+    else:
+        node = _remote_node(hub, group, key)
+        if node is None:
+            raise ProtocolError(P.not_member_of(shown, group.name))
+        # Another node's member: that node removes it; the reply waits until this
+        # node heard so (after every message it sent before: see docs/scaling.md).
+        hub.roles_work.append((user, group, line,
+                               Change(group, None, None, user.name, key, None, reason, node)))
     _audit(hub, user, "kick", group, shown, reason)
 
 
